@@ -1,0 +1,130 @@
+// pcmekit._C: turns Python-side array descriptions into core views and calls the core.
+//
+// It registers functions and converts errors; it implements nothing. The GIL is released
+// around every kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+
+#include "cpu/gemm.h"
+#include "pcmekit/pairwise.h"
+#ifdef PCMEKIT_WITH_CUDA
+#include "cuda/device.h"
+#endif
+
+namespace py = pybind11;
+using namespace pcmekit;
+
+namespace {
+
+// (data_ptr, rows, cols, row_stride, col_stride, dtype code, device code, device index), as built
+// by pcmekit._views.matrix_view; None for an absent array.
+using ViewTuple = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
+
+MatrixView to_view(const std::optional<ViewTuple>& t, const char* name) {
+  MatrixView v;
+  if (!t) return v;
+  const auto& [ptr, rows, cols, rs, cs, dtype, device, index] = *t;
+  if (dtype < 0 || dtype > static_cast<int>(DType::BFloat16))
+    throw TypeError(std::string(name) + ": unknown dtype code " + std::to_string(dtype));
+  if (device < 0 || device > static_cast<int>(Device::CUDA))
+    throw std::invalid_argument(std::string(name) + ": unknown device code " + std::to_string(device));
+  v.data = reinterpret_cast<void*>(ptr);
+  v.rows = rows;
+  v.cols = cols;
+  v.row_stride = rs;
+  v.col_stride = cs;
+  v.dtype = static_cast<DType>(dtype);
+  v.device = static_cast<Device>(device);
+  v.device_index = index;
+  return v;
+}
+
+Metric to_metric(int code) { return static_cast<Metric>(code); }
+
+void pairwise_forward_py(int metric, const ViewTuple& a_mean, const std::optional<ViewTuple>& a_logvar,
+                         const ViewTuple& b_mean, const std::optional<ViewTuple>& b_logvar,
+                         const ViewTuple& out, int num_threads, uintptr_t stream) {
+  PairwiseForwardParams p;
+  p.metric = to_metric(metric);
+  p.a_mean = to_view(a_mean, "a_mean");
+  p.a_logvar = to_view(a_logvar, "a_logvar");
+  p.b_mean = to_view(b_mean, "b_mean");
+  p.b_logvar = to_view(b_logvar, "b_logvar");
+  p.out = to_view(out, "out");
+  p.num_threads = num_threads;
+  p.stream = reinterpret_cast<void*>(stream);
+  py::gil_scoped_release release;
+  pairwise_forward(p);
+}
+
+void pairwise_backward_py(int metric, const ViewTuple& grad_out, const ViewTuple& a_mean,
+                          const std::optional<ViewTuple>& a_logvar, const ViewTuple& b_mean,
+                          const std::optional<ViewTuple>& b_logvar,
+                          const std::optional<ViewTuple>& grad_a_mean,
+                          const std::optional<ViewTuple>& grad_a_logvar,
+                          const std::optional<ViewTuple>& grad_b_mean,
+                          const std::optional<ViewTuple>& grad_b_logvar, int num_threads,
+                          uintptr_t stream) {
+  PairwiseBackwardParams p;
+  p.metric = to_metric(metric);
+  p.grad_out = to_view(grad_out, "grad_out");
+  p.a_mean = to_view(a_mean, "a_mean");
+  p.a_logvar = to_view(a_logvar, "a_logvar");
+  p.b_mean = to_view(b_mean, "b_mean");
+  p.b_logvar = to_view(b_logvar, "b_logvar");
+  p.grad_a_mean = to_view(grad_a_mean, "grad_a_mean");
+  p.grad_a_logvar = to_view(grad_a_logvar, "grad_a_logvar");
+  p.grad_b_mean = to_view(grad_b_mean, "grad_b_mean");
+  p.grad_b_logvar = to_view(grad_b_logvar, "grad_b_logvar");
+  p.num_threads = num_threads;
+  p.stream = reinterpret_cast<void*>(stream);
+  py::gil_scoped_release release;
+  pairwise_backward(p);
+}
+
+py::dict build_config() {
+  py::dict info;
+  info["version"] = PCMEKIT_VERSION;
+#ifdef PCMEKIT_WITH_CUDA
+  info["cuda_compiled"] = true;
+  info["cuda_archs"] = std::string(PCMEKIT_CUDA_ARCHS);
+  info["cuda_runtime"] = cuda::runtime_version_string();
+#else
+  info["cuda_compiled"] = false;
+  info["cuda_archs"] = std::string();
+  info["cuda_runtime"] = py::none();
+#endif
+  info["cpu_simd"] = cpu::simd_path();
+  info["hardware_threads"] = std::thread::hardware_concurrency();
+  return info;
+}
+
+int cuda_device_count() {
+#ifdef PCMEKIT_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pcmekit's compiled core (internal; use the pcmekit package)";
+  py::register_exception<TypeError>(m, "CoreTypeError", PyExc_TypeError);
+
+  m.def("pairwise_forward", &pairwise_forward_py, py::arg("metric"), py::arg("a_mean"),
+        py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"), py::arg("out"),
+        py::arg("num_threads"), py::arg("stream"));
+  m.def("pairwise_backward", &pairwise_backward_py, py::arg("metric"), py::arg("grad_out"),
+        py::arg("a_mean"), py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"),
+        py::arg("grad_a_mean"), py::arg("grad_a_logvar"), py::arg("grad_b_mean"),
+        py::arg("grad_b_logvar"), py::arg("num_threads"), py::arg("stream"));
+  m.def("build_config", &build_config);
+  m.def("cuda_device_count", &cuda_device_count);
+}

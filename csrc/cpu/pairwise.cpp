@@ -1,0 +1,359 @@
+// CPU kernels of the pairwise distance op.
+//
+// Two engines:
+//  * inner-product form (csd, w2, l2, kl): each metric is  row term + column term + alpha * <f_a, f_b>
+//    for per-row feature vectors f, so the O(N M D) work is one GEMM (cpu/gemm.h) with the row and
+//    column terms added in its epilogue; backward is two more GEMMs, G @ F_b and G^T @ F_a.
+//  * direct form (bhattacharyya, elk): a blocked loop over (i, j, d) with the per-dimension term of
+//    metrics.h; backward accumulates the term's partial derivatives the same way.
+// Neither materialises anything of size N x M x D.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/parallel.h"
+#include "pcmekit/pairwise.h"
+
+namespace pcmekit::cpu {
+namespace {
+
+template <typename T>
+T load(const MatrixView& v, int64_t r, int64_t c) {
+  return static_cast<const T*>(v.data)[r * v.row_stride + c * v.col_stride];
+}
+
+template <typename T>
+T& store(const MatrixView& v, int64_t r, int64_t c) {
+  return static_cast<T*>(v.data)[r * v.row_stride + c * v.col_stride];
+}
+
+// One side's inputs copied into contiguous row-major [rows, D] arrays, with var = exp(lv).
+// Costs O(rows * D), negligible next to the pairwise work, and frees the kernels from strides.
+template <typename T>
+struct Side {
+  int64_t rows = 0, dim = 0;
+  std::vector<T> mu, lv, var;
+
+  Side(const MatrixView& mean, const MatrixView& logvar, int num_threads)
+      : rows(mean.rows), dim(mean.cols) {
+    const size_t count = static_cast<size_t>(rows * dim);
+    mu.resize(count);
+    lv.assign(count, T(0));
+    var.assign(count, T(1));
+    const bool has_logvar = logvar.present();
+    parallel_for(0, rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
+      for (int64_t r = lo; r < hi; ++r)
+        for (int64_t c = 0; c < dim; ++c) {
+          const size_t at = static_cast<size_t>(r * dim + c);
+          mu[at] = load<T>(mean, r, c);
+          if (has_logvar) {
+            lv[at] = load<T>(logvar, r, c);
+            var[at] = std::exp(lv[at]);
+          }
+        }
+    });
+  }
+  const T* mu_row(int64_t r) const { return mu.data() + r * dim; }
+  const T* lv_row(int64_t r) const { return lv.data() + r * dim; }
+  const T* var_row(int64_t r) const { return var.data() + r * dim; }
+};
+
+// Per-row features for the inner-product form, [rows, width] row-major, plus one row scalar.
+template <typename T>
+struct Features {
+  int64_t width = 0;
+  std::vector<T> data;   // [rows, width]
+  std::vector<T> scalar; // [rows]
+  GemmOperand<T> as_rows() const { return {data.data(), width, 1}; }     // [rows, width]
+  GemmOperand<T> as_columns() const { return {data.data(), 1, width}; }  // [width, rows]
+};
+
+// Builds the features of one side. `query` selects the a-side (true) or b-side (false) form.
+//   csd / l2:  f = mu                         scalar = |mu|^2 (+ sum var for csd)
+//   w2:        f = [mu, sigma]                scalar = |mu|^2 + sum var
+//   kl (a):    f = [var + mu^2, mu]           scalar = -1/2 sum lv - D/2
+//   kl (b):    f = [1/(2 var), -mu/var]       scalar = 1/2 sum (mu^2/var + lv)
+// so that  distance = scalar_a + scalar_b + alpha(metric) * <f_a, f_b>.
+template <typename T>
+Features<T> forward_features(const Side<T>& s, Metric metric, bool query, int num_threads) {
+  Features<T> f;
+  const int64_t d = s.dim;
+  f.width = (metric == Metric::W2 || metric == Metric::KL) ? 2 * d : d;
+  f.data.resize(static_cast<size_t>(s.rows * f.width));
+  f.scalar.resize(static_cast<size_t>(s.rows));
+  parallel_for(0, s.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const T *mu = s.mu_row(r), *lv = s.lv_row(r), *var = s.var_row(r);
+      T* out = f.data.data() + r * f.width;
+      double acc = 0;  // row scalars in double: they are the large terms that later cancel
+      for (int64_t c = 0; c < d; ++c) {
+        switch (metric) {
+          case Metric::CSD: out[c] = mu[c]; acc += double(mu[c]) * mu[c] + var[c]; break;
+          case Metric::L2: out[c] = mu[c]; acc += double(mu[c]) * mu[c]; break;
+          case Metric::W2:
+            out[c] = mu[c];
+            out[d + c] = std::sqrt(var[c]);
+            acc += double(mu[c]) * mu[c] + var[c];
+            break;
+          case Metric::KL:
+            if (query) {
+              out[c] = var[c] + mu[c] * mu[c];
+              out[d + c] = mu[c];
+              acc += -0.5 * lv[c] - 0.5;
+            } else {
+              out[c] = T(0.5) / var[c];
+              out[d + c] = -mu[c] / var[c];
+              acc += 0.5 * (double(mu[c]) * mu[c] / var[c] + lv[c]);
+            }
+            break;
+          default: break;
+        }
+      }
+      f.scalar[static_cast<size_t>(r)] = static_cast<T>(acc);
+    }
+  });
+  return f;
+}
+
+template <typename T>
+T gemm_alpha(Metric metric) { return metric == Metric::KL ? T(1) : T(-2); }
+
+template <typename T>
+void forward_inner_product(const PairwiseForwardParams& p) {
+  const int nt = p.num_threads;
+  const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
+  const Features<T> fa = forward_features(a, p.metric, true, nt);
+  const Features<T> fb = forward_features(b, p.metric, false, nt);
+  const T alpha = gemm_alpha<T>(p.metric);
+  const T* ra = fa.scalar.data();
+  const T* cb = fb.scalar.data();
+  const MatrixView& out = p.out;
+  auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
+    T* dst = static_cast<T*>(out.data) + r * out.row_stride + c0 * out.col_stride;
+    const T row = ra[r];
+    // The expanded form can dip below zero by rounding where the true distance is ~0.
+    if (out.col_stride == 1) {
+      for (int64_t t = 0; t < count; ++t) dst[t] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+    } else {
+      for (int64_t t = 0; t < count; ++t)
+        dst[t * out.col_stride] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+    }
+  };
+  gemm<T>(a.rows, b.rows, fa.width, fa.as_rows(), fb.as_columns(), epilogue, nt);
+}
+
+template <typename T, typename Term>
+void forward_direct(const PairwiseForwardParams& p, Term) {
+  const int nt = p.num_threads;
+  const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
+  const int64_t n = a.rows, m = b.rows, d = a.dim;
+  const T offset = Term::template offset<T>(d);
+  constexpr int64_t kBlockB = 32;  // b rows kept hot in L1/L2 while a rows stream past
+  parallel_for(0, n, 4, nt, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t j0 = 0; j0 < m; j0 += kBlockB) {
+      const int64_t j1 = std::min(m, j0 + kBlockB);
+      for (int64_t i = lo; i < hi; ++i) {
+        const T *ma = a.mu_row(i), *la = a.lv_row(i), *va = a.var_row(i);
+        for (int64_t j = j0; j < j1; ++j) {
+          const T *mb = b.mu_row(j), *lb = b.lv_row(j), *vb = b.var_row(j);
+          T acc = 0;
+          for (int64_t c = 0; c < d; ++c) acc += Term::value(ma[c], la[c], va[c], mb[c], lb[c], vb[c]);
+          store<T>(p.out, i, j) = acc + offset;
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+// Feature matrix [rows, width + 1] for the backward GEMMs; the last column is all ones, so the
+// GEMM also yields the row (or column) sums of the incoming gradient.
+//   csd / l2: [mu]         w2: [mu, sigma]
+//   kl, b-side (for G @ F_b):    [1/var, mu/var]
+//   kl, a-side (for G^T @ F_a):  [mu, var + mu^2]
+template <typename T>
+Features<T> backward_features(const Side<T>& s, Metric metric, bool query, int num_threads) {
+  Features<T> f;
+  const int64_t d = s.dim;
+  const int64_t k = (metric == Metric::W2 || metric == Metric::KL) ? 2 * d : d;
+  f.width = k + 1;
+  f.data.resize(static_cast<size_t>(s.rows * f.width));
+  parallel_for(0, s.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const T *mu = s.mu_row(r), *var = s.var_row(r);
+      T* out = f.data.data() + r * f.width;
+      for (int64_t c = 0; c < d; ++c) {
+        switch (metric) {
+          case Metric::W2: out[c] = mu[c]; out[d + c] = std::sqrt(var[c]); break;
+          case Metric::KL:
+            if (query) {
+              out[c] = mu[c];
+              out[d + c] = var[c] + mu[c] * mu[c];
+            } else {
+              out[c] = T(1) / var[c];
+              out[d + c] = mu[c] / var[c];
+            }
+            break;
+          default: out[c] = mu[c]; break;
+        }
+      }
+      out[k] = T(1);
+    }
+  });
+  return f;
+}
+
+// Product [rows, width] = G-or-G^T @ features, stored plainly.
+template <typename T>
+std::vector<T> gradient_product(const MatrixView& g, bool transpose, const Features<T>& f,
+                                int num_threads) {
+  const int64_t rows = transpose ? g.cols : g.rows;
+  const int64_t inner = transpose ? g.rows : g.cols;
+  std::vector<T> out(static_cast<size_t>(rows * f.width));
+  const GemmOperand<T> lhs = transpose
+      ? GemmOperand<T>{static_cast<const T*>(g.data), g.col_stride, g.row_stride}
+      : GemmOperand<T>{static_cast<const T*>(g.data), g.row_stride, g.col_stride};
+  T* dst = out.data();
+  const int64_t width = f.width;
+  auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
+    std::copy(acc, acc + count, dst + r * width + c0);
+  };
+  gemm<T>(rows, width, inner, lhs, f.as_rows(), epilogue, num_threads);
+  return out;
+}
+
+// Turns P = G @ F_other (or G^T @ F_other) into this side's gradients. `sum` is P's last column.
+template <typename T>
+void combine_gradients(const Side<T>& s, const std::vector<T>& prod, int64_t width, Metric metric,
+                       bool query, const MatrixView& grad_mean, const MatrixView& grad_logvar,
+                       int num_threads) {
+  const int64_t d = s.dim;
+  parallel_for(0, s.rows, 64, num_threads, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const T *mu = s.mu_row(r), *var = s.var_row(r);
+      const T* p = prod.data() + r * width;
+      const T sum = p[width - 1];
+      for (int64_t c = 0; c < d; ++c) {
+        T gm = 0, gl = 0;
+        switch (metric) {
+          case Metric::CSD: gm = T(2) * (mu[c] * sum - p[c]); gl = var[c] * sum; break;
+          case Metric::L2: gm = T(2) * (mu[c] * sum - p[c]); break;
+          case Metric::W2: {
+            const T sigma = std::sqrt(var[c]);
+            gm = T(2) * (mu[c] * sum - p[c]);
+            gl = sigma * (sigma * sum - p[d + c]);
+            break;
+          }
+          case Metric::KL:
+            if (query) {  // p = [G @ 1/var_b, G @ mu_b/var_b]
+              gm = mu[c] * p[c] - p[d + c];
+              gl = T(0.5) * (var[c] * p[c] - sum);
+            } else {      // p = [G^T @ mu_a, G^T @ (var_a + mu_a^2)]
+              const T inv = T(1) / var[c];
+              gm = (mu[c] * sum - p[c]) * inv;
+              gl = T(0.5) * (sum - (p[d + c] - T(2) * mu[c] * p[c] + mu[c] * mu[c] * sum) * inv);
+            }
+            break;
+          default: break;
+        }
+        if (grad_mean.present()) store<T>(grad_mean, r, c) = gm;
+        if (grad_logvar.present()) store<T>(grad_logvar, r, c) = gl;
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_inner_product(const PairwiseBackwardParams& p) {
+  const int nt = p.num_threads;
+  const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
+  if (p.grad_a_mean.present() || p.grad_a_logvar.present()) {
+    const Features<T> fb = backward_features(b, p.metric, false, nt);
+    const std::vector<T> prod = gradient_product(p.grad_out, false, fb, nt);
+    combine_gradients(a, prod, fb.width, p.metric, true, p.grad_a_mean, p.grad_a_logvar, nt);
+  }
+  if (p.grad_b_mean.present() || p.grad_b_logvar.present()) {
+    const Features<T> fa = backward_features(a, p.metric, true, nt);
+    const std::vector<T> prod = gradient_product(p.grad_out, true, fa, nt);
+    combine_gradients(b, prod, fa.width, p.metric, false, p.grad_b_mean, p.grad_b_logvar, nt);
+  }
+}
+
+// grad_x[r, c] = sum over the other side's rows o of g(r, o) * dTerm/dx, for one side.
+template <typename T, typename Term>
+void backward_direct_side(const Side<T>& self, const Side<T>& other, const MatrixView& g,
+                          bool query, const MatrixView& grad_mean, const MatrixView& grad_logvar,
+                          int num_threads, Term) {
+  if (!grad_mean.present() && !grad_logvar.present()) return;
+  const int64_t d = self.dim;
+  parallel_for(0, self.rows, 4, num_threads, [&](int64_t lo, int64_t hi, int) {
+    std::vector<T> gm(static_cast<size_t>(d)), gl(static_cast<size_t>(d));
+    for (int64_t r = lo; r < hi; ++r) {
+      std::fill(gm.begin(), gm.end(), T(0));
+      std::fill(gl.begin(), gl.end(), T(0));
+      const T *m0 = self.mu_row(r), *l0 = self.lv_row(r), *v0 = self.var_row(r);
+      for (int64_t o = 0; o < other.rows; ++o) {
+        const T w = query ? load<T>(g, r, o) : load<T>(g, o, r);
+        const T *m1 = other.mu_row(o), *l1 = other.lv_row(o), *v1 = other.var_row(o);
+        for (int64_t c = 0; c < d; ++c) {
+          if (query) {
+            const TermGrad<T> t = Term::grad(m0[c], l0[c], v0[c], m1[c], l1[c], v1[c]);
+            gm[c] += w * t.d_mu_a;
+            gl[c] += w * t.d_lv_a;
+          } else {
+            const TermGrad<T> t = Term::grad(m1[c], l1[c], v1[c], m0[c], l0[c], v0[c]);
+            gm[c] += w * t.d_mu_b;
+            gl[c] += w * t.d_lv_b;
+          }
+        }
+      }
+      for (int64_t c = 0; c < d; ++c) {
+        if (grad_mean.present()) store<T>(grad_mean, r, c) = gm[static_cast<size_t>(c)];
+        if (grad_logvar.present()) store<T>(grad_logvar, r, c) = gl[static_cast<size_t>(c)];
+      }
+    }
+  });
+}
+
+template <typename T, typename Term>
+void backward_direct(const PairwiseBackwardParams& p, Term term) {
+  const int nt = p.num_threads;
+  const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
+  backward_direct_side(a, b, p.grad_out, true, p.grad_a_mean, p.grad_a_logvar, nt, term);
+  backward_direct_side(b, a, p.grad_out, false, p.grad_b_mean, p.grad_b_logvar, nt, term);
+}
+
+bool has_inner_product_form(Metric metric) {
+  return metric == Metric::CSD || metric == Metric::L2 || metric == Metric::W2 ||
+         metric == Metric::KL;
+}
+
+template <typename T>
+void forward_typed(const PairwiseForwardParams& p) {
+  if (has_inner_product_form(p.metric)) return forward_inner_product<T>(p);
+  visit_metric(p.metric, [&](auto term) { forward_direct<T>(p, term); });
+}
+
+template <typename T>
+void backward_typed(const PairwiseBackwardParams& p) {
+  if (has_inner_product_form(p.metric)) return backward_inner_product<T>(p);
+  visit_metric(p.metric, [&](auto term) { backward_direct<T>(p, term); });
+}
+
+}  // namespace
+
+void pairwise_forward(const PairwiseForwardParams& p) {
+  if (p.out.empty()) return;
+  if (p.a_mean.dtype == DType::Float64) return forward_typed<double>(p);
+  forward_typed<float>(p);
+}
+
+void pairwise_backward(const PairwiseBackwardParams& p) {
+  if (p.a_mean.dtype == DType::Float64) return backward_typed<double>(p);
+  backward_typed<float>(p);
+}
+
+}  // namespace pcmekit::cpu

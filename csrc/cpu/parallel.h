@@ -1,0 +1,56 @@
+// Minimal fork-join parallelism for the CPU kernels.
+//
+// pcmekit does not link an OpenMP runtime of its own: torch ships one, and two runtimes in one
+// process oversubscribe the cores. Kernels here are long (milliseconds), so plain std::threads per
+// call cost little; small problems run on the calling thread.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace pcmekit::cpu {
+
+inline int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+// Splits [begin, end) into at most `num_threads` contiguous chunks of at least `grain` items and
+// calls body(chunk_begin, chunk_end, worker_index) for each, the first on the calling thread.
+// An exception thrown by any chunk is rethrown here after all chunks finish.
+template <typename Body>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, int num_threads, const Body& body) {
+  const int64_t total = end - begin;
+  if (total <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t max_chunks = (total + grain - 1) / grain;
+  const int64_t chunks = std::min<int64_t>(resolve_threads(num_threads), max_chunks);
+  if (chunks <= 1) {
+    body(begin, end, 0);
+    return;
+  }
+  const int64_t step = (total + chunks - 1) / chunks;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(chunks));
+  auto run = [&](int64_t c) {
+    const int64_t lo = begin + c * step;
+    const int64_t hi = std::min(end, lo + step);
+    try {
+      if (lo < hi) body(lo, hi, static_cast<int>(c));
+    } catch (...) {
+      errors[static_cast<size_t>(c)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(chunks - 1));
+  for (int64_t c = 1; c < chunks; ++c) workers.emplace_back(run, c);
+  run(0);
+  for (auto& w : workers) w.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace pcmekit::cpu

@@ -1,0 +1,25 @@
+"""pcmekit: fast kernels and a PyTorch layer for probabilistic cross-modal embeddings.
+
+Every input is a diagonal Gaussian (:class:`ProbEmbedding`); the kernels compute pairwise
+probabilistic distances on the CPU and on CUDA, forward and backward.
+"""
+
+from __future__ import annotations
+
+from . import reference
+from ._core import build_info, cuda_available, get_num_threads, set_num_threads
+from .embedding import ProbEmbedding
+from .ops import pairwise_distance
+
+__version__: str = build_info()["version"]
+
+__all__ = [
+    "ProbEmbedding",
+    "build_info",
+    "cuda_available",
+    "get_num_threads",
+    "pairwise_distance",
+    "reference",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,86 @@
+"""Access to the compiled core: build information, views, threads and streams.
+
+Everything that touches ``pcmekit._C`` directly goes through this module, so the rest of the
+package sees plain Python functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Tuple
+
+import torch
+
+from . import _C
+
+__all__ = ["build_info", "cuda_available", "set_num_threads", "get_num_threads"]
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_DEVICE_CODES = {"cpu": 0, "cuda": 1}
+_num_threads: Optional[int] = None
+
+View = Tuple[int, int, int, int, int, int, int, int]
+
+
+def build_info() -> dict[str, Any]:
+    """How this copy of pcmekit was built and what it will use at run time.
+
+    Returns a dict with ``version``, ``cuda_compiled`` (whether the CUDA back end was compiled
+    in), ``cuda_archs`` (the compiled GPU architectures), ``cuda_runtime``, ``cuda_available``,
+    ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
+    or ``generic``) and ``num_threads`` (CPU threads the kernels use).
+    """
+    info = dict(_C.build_config())
+    info["cuda_devices"] = _C.cuda_device_count()
+    info["cuda_available"] = info["cuda_devices"] > 0
+    info["num_threads"] = get_num_threads()
+    info["torch"] = torch.__version__
+    return info
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_compiled() -> bool:
+    """True when the CUDA back end was compiled in (a GPU may still be missing)."""
+    return bool(_C.build_config()["cuda_compiled"])
+
+
+def cuda_available() -> bool:
+    """True when the CUDA back end was compiled in and a GPU is visible."""
+    return _C.cuda_device_count() > 0
+
+
+def set_num_threads(num_threads: Optional[int]) -> None:
+    """Fix the number of CPU threads pcmekit's kernels use; ``None`` follows ``torch.get_num_threads()``."""
+    global _num_threads
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    _num_threads = num_threads
+
+
+def get_num_threads() -> int:
+    """CPU threads the kernels use: ``set_num_threads``'s value, else ``torch.get_num_threads()``."""
+    return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+def matrix_view(t: Optional[torch.Tensor]) -> Optional[View]:
+    """The core's description of a 2-D tensor (None stays None)."""
+    if t is None:
+        return None
+    device = t.device
+    return (
+        t.data_ptr(),
+        t.shape[0],
+        t.shape[1],
+        t.stride(0),
+        t.stride(1),
+        _DTYPE_CODES[t.dtype],
+        _DEVICE_CODES[device.type],
+        device.index or 0,
+    )
+
+
+def stream_handle(device: torch.device) -> int:
+    """The raw CUDA stream pcmekit must launch on (0 on the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.current_stream(device).cuda_stream
+    return 0

@@ -1,0 +1,255 @@
+"""pcmekit.pairwise_distance against the pure-PyTorch oracle (pcmekit.reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pcmekit
+from pcmekit.reference import pairwise_distance_fast, pairwise_distance_naive
+
+from _helpers import METRICS, gaussians
+
+SIZES = [(1, 1, 1), (3, 17, 5), (17, 3, 8), (33, 29, 17), (257, 5, 3), (7, 13, 257)]
+
+
+def pair(n, m, d, *, dtype=torch.float64, device="cpu", seed=0):
+    a_mean, a_logvar = gaussians(n, d, dtype=dtype, device=device, seed=seed)
+    b_mean, b_logvar = gaussians(m, d, dtype=dtype, device=device, seed=seed + 1)
+    return a_mean, a_logvar, b_mean, b_logvar
+
+
+def oracle(a_mean, a_logvar, b_mean, b_logvar, metric):
+    f64 = [t.double().cpu() for t in (a_mean, a_logvar, b_mean, b_logvar)]
+    return pairwise_distance_naive(*f64, metric)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_forward_float64_matches_oracle(metric, n, m, d, device):
+    inputs = pair(n, m, d, device=device)
+    out = pcmekit.pairwise_distance(*inputs, metric=metric)
+    assert out.shape == (n, m) and out.dtype == torch.float64 and out.device.type == device
+    torch.testing.assert_close(out.cpu(), oracle(*inputs, metric), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_forward_float32_error_within_policy(metric, device):
+    # Policy: our float32 error vs the float64 oracle is at most twice that of PyTorch's own
+    # fastest float32 form (plus a floor for results that both get essentially exact).
+    inputs64 = pair(300, 200, 67, device=device, seed=3)
+    inputs32 = [t.float() for t in inputs64]
+    truth = oracle(*inputs64, metric)
+    ours = pcmekit.pairwise_distance(*inputs32, metric=metric).double().cpu()
+    torch_err = (pairwise_distance_fast(*inputs32, metric).double().cpu() - truth).abs().max().item()
+    our_err = (ours - truth).abs().max().item()
+    assert our_err <= 2 * torch_err + 1e-5 * truth.abs().max().item(), (our_err, torch_err)
+
+
+def test_large_rows_and_column_counts(device):
+    inputs = pair(1031, 1029, 19, device=device, seed=5)
+    for metric in ("csd", "elk"):
+        out = pcmekit.pairwise_distance(*inputs, metric=metric)
+        torch.testing.assert_close(out.cpu(), oracle(*inputs, metric), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradcheck_float64(metric, device):
+    inputs = [t.requires_grad_() for t in pair(4, 5, 3, device=device, seed=7)]
+    assert torch.autograd.gradcheck(
+        lambda *x: pcmekit.pairwise_distance(*x, metric=metric), inputs, eps=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,m,d", [(33, 29, 17), (1, 40, 5), (300, 1, 9)])
+def test_backward_matches_oracle(metric, n, m, d, device):
+    inputs = pair(n, m, d, device=device, seed=11)
+    weight = torch.randn(n, m, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ours = [t.clone().requires_grad_() for t in inputs]
+    ref = [t.detach().cpu().clone().requires_grad_() for t in inputs]
+    (pcmekit.pairwise_distance(*ours, metric=metric).cpu() * weight).sum().backward()
+    (pairwise_distance_naive(*ref, metric) * weight).sum().backward()
+    for mine, theirs in zip(ours, ref):
+        if mine.grad is None:  # l2 does not use the logvars: autograd leaves their grad unset
+            assert metric == "l2" and (theirs.grad is None or torch.all(theirs.grad == 0))
+            continue
+        torch.testing.assert_close(mine.grad.cpu(), theirs.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["csd", "kl", "elk"])
+def test_only_requested_gradients(metric):
+    a_mean, a_logvar, b_mean, b_logvar = pair(6, 4, 3)
+    a_mean.requires_grad_()
+    b_logvar.requires_grad_()
+    pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric=metric).sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in (a_mean, b_logvar)]
+    pairwise_distance_naive(ref[0], a_logvar, b_mean, ref[1], metric).sum().backward()
+    torch.testing.assert_close(a_mean.grad, ref[0].grad)
+    torch.testing.assert_close(b_logvar.grad, ref[1].grad)
+    assert a_logvar.grad is None and b_mean.grad is None
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_non_contiguous_inputs(metric, device):
+    base = pair(9, 7, 12, device=device, seed=13)
+    # transposed storage, and every other column of a wider tensor
+    transposed = [t.T.contiguous().T for t in base[:2]]
+    strided = [torch.cat([t, t], 1)[:, ::2].clone()[:, :] for t in base[2:]]
+    strided = [torch.stack([t, t], 2).reshape(t.shape[0], -1)[:, ::2] for t in base[2:]]
+    inputs = transposed + strided
+    assert not any(t.is_contiguous() for t in inputs)
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    views = [leaf.T.contiguous().T if i < 2 else leaf[:, :] for i, leaf in enumerate(leaves)]
+    out = pcmekit.pairwise_distance(*views, metric=metric)
+    torch.testing.assert_close(out.cpu(), oracle(*base, metric), rtol=1e-10, atol=1e-10)
+    out.sum().backward()
+    ref = [t.detach().cpu().clone().requires_grad_() for t in base]
+    pairwise_distance_naive(*ref, metric).sum().backward()
+    for leaf, r in zip(leaves, ref):
+        if leaf.grad is None:
+            assert metric == "l2" and (r.grad is None or torch.all(r.grad == 0))
+            continue
+        torch.testing.assert_close(leaf.grad.cpu(), r.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,m,d", [(0, 5, 3), (4, 0, 3), (0, 0, 3), (4, 5, 0)])
+def test_empty_inputs(metric, n, m, d, device):
+    inputs = [t.requires_grad_() for t in pair(n, m, d, device=device)]
+    out = pcmekit.pairwise_distance(*inputs, metric=metric)
+    assert out.shape == (n, m)
+    torch.testing.assert_close(out.cpu(), oracle(*inputs, metric).detach())
+    out.sum().backward()
+    for i, t in enumerate(inputs):
+        if t.grad is None:
+            assert metric == "l2" and i in (1, 3)
+            continue
+        assert t.grad.shape == t.shape
+        assert torch.all(t.grad == 0)
+
+
+def test_l2_ignores_logvar():
+    a_mean, a_logvar, b_mean, b_logvar = pair(5, 6, 4)
+    without = pcmekit.pairwise_distance(a_mean, None, b_mean, None, metric="l2")
+    with_lv = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric="l2")
+    torch.testing.assert_close(without, with_lv)
+    torch.testing.assert_close(without, torch.cdist(a_mean, b_mean) ** 2)
+
+
+def test_prob_embedding_form_and_metric_default():
+    a_mean, a_logvar, b_mean, b_logvar = pair(5, 6, 4)
+    a, b = pcmekit.ProbEmbedding(a_mean, a_logvar), pcmekit.ProbEmbedding(b_mean, b_logvar)
+    expected = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar)
+    torch.testing.assert_close(pcmekit.pairwise_distance(a, b), expected)
+    torch.testing.assert_close(pcmekit.pairwise_distance(a, b, metric="csd"), expected)
+    torch.testing.assert_close(pcmekit.pairwise_distance(a, b, "kl"), oracle(a_mean, a_logvar, b_mean, b_logvar, "kl"))
+
+
+def test_numpy_in_numpy_out():
+    inputs = [t.float().numpy() for t in pair(8, 9, 5)]
+    out = pcmekit.pairwise_distance(*inputs, metric="w2")
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (8, 9)
+    expected = oracle(*[torch.from_numpy(x) for x in inputs], "w2").numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_inputs_are_not_copied():
+    a = np.random.default_rng(0).standard_normal((4, 3))
+    tensor_view = torch.from_numpy(a)
+    assert tensor_view.data_ptr() == a.ctypes.data  # the wrapper pcmekit uses shares memory
+
+
+@pytest.mark.parametrize("metric", ["csd", "l2", "bhattacharyya"])
+def test_opcheck(metric, device):
+    inputs = [t.requires_grad_() for t in pair(5, 4, 3, device=device)]
+    if metric == "l2":
+        inputs[1] = inputs[3] = None
+    torch.library.opcheck(torch.ops.pcmekit.pairwise_distance.default, (*inputs, metric))
+
+
+def test_torch_compile_fullgraph():
+    inputs = [t.float().requires_grad_() for t in pair(16, 12, 8)]
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss_fn(am, al, bm, bl):
+        d = pcmekit.pairwise_distance(am, al, bm, bl, metric="csd")
+        return torch.nn.functional.softplus(d - 3.0).mean()
+
+    loss = loss_fn(*inputs)
+    loss.backward()
+    ref = [t.detach().clone().requires_grad_() for t in inputs]
+    ref_loss = torch.nn.functional.softplus(pairwise_distance_naive(*ref, "csd") - 3.0).mean()
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss)
+    for mine, theirs in zip(inputs, ref):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+def test_nan_propagates_to_its_row():
+    a_mean, a_logvar, b_mean, b_logvar = pair(4, 5, 3)
+    a_mean[2, 1] = float("nan")
+    out = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric="elk")
+    assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3]]).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear exceptions naming the argument, expected and actual.
+
+
+def _good():
+    return pair(4, 5, 3)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,pattern",
+    [
+        (lambda a: (a[0][0], a[1], a[2], a[3]), ValueError, r"a_mean must have shape \[N, D\] \(2-D\), got \[3\]"),
+        (lambda a: (a[0], a[1], a[2][:, :2], a[3][:, :2]), ValueError, r"b_mean must have shape \[M, D\] with D == a_mean's D \(3\), got \[5, 2\]"),
+        (lambda a: (a[0], a[1][:3], a[2], a[3]), ValueError, r"a_logvar must have the shape of a_mean \[4, 3\], got \[3, 3\]"),
+        (lambda a: (a[0].long(), a[1], a[2], a[3]), TypeError, r"a_mean must be floating point .* got torch.int64"),
+        (lambda a: (a[0], a[1], a[2].float(), a[3]), TypeError, r"b_mean has dtype torch.float32 but a_mean has torch.float64"),
+        (lambda a: (a[0], a[1], a[2], None), ValueError, r"metric 'csd' needs a_logvar and b_logvar, but b_logvar is None"),
+        (lambda a: (a[0].half(), a[1].half(), a[2].half(), a[3].half()), TypeError, r"a_mean has dtype torch.float16, which pcmekit supports on CUDA only"),
+        (lambda a: (a[0], a[1], a[2].to("meta"), a[3]), ValueError, r"b_mean must be on a cpu or cuda device, got meta"),
+        (lambda a: ([[1.0]], a[1], a[2], a[3]), TypeError, r"a_mean must be a torch.Tensor or numpy.ndarray, got list"),
+    ],
+)
+def test_bad_inputs(mutate, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        pcmekit.pairwise_distance(*mutate(_good()), metric="csd")
+
+
+def test_unknown_metric():
+    with pytest.raises(ValueError, match=r"metric must be one of csd, w2, l2, kl, bhattacharyya, elk; got 'cosine'"):
+        pcmekit.pairwise_distance(*_good(), metric="cosine")
+
+
+def test_mixed_numpy_and_torch():
+    a = _good()
+    with pytest.raises(TypeError, match="not a mix"):
+        pcmekit.pairwise_distance(a[0].numpy(), a[1], a[2], a[3])
+
+
+def test_core_rejects_cuda_views_without_cuda_support():
+    from pcmekit import _C
+    from pcmekit._core import matrix_view
+
+    if pcmekit.build_info()["cuda_compiled"]:
+        pytest.skip("this build has CUDA support")
+    a = torch.randn(2, 3)
+    out = torch.empty(2, 2)
+    cuda_view = matrix_view(a)[:6] + (1, 0)  # same memory, labelled as a CUDA array
+    with pytest.raises(ValueError, match="pcmekit was built without CUDA support"):
+        _C.pairwise_forward(0, cuda_view, cuda_view, cuda_view, cuda_view, matrix_view(out)[:6] + (1, 0), 1, 0)
+
+
+def test_core_checks_shapes_itself():
+    from pcmekit import _C
+    from pcmekit._core import matrix_view
+
+    a, b = torch.randn(2, 3), torch.randn(4, 5)
+    out = torch.empty(2, 4)
+    with pytest.raises(ValueError, match=r"b_mean must have shape \[M, D\] = \[4, 3\], got \[4, 5\]"):
+        _C.pairwise_forward(0, matrix_view(a), matrix_view(a), matrix_view(b), matrix_view(b), matrix_view(out), 1, 0)
