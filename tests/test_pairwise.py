@@ -253,3 +253,28 @@ def test_core_checks_shapes_itself():
     out = torch.empty(2, 4)
     with pytest.raises(ValueError, match=r"b_mean must have shape \[M, D\] = \[4, 3\], got \[4, 5\]"):
         _C.pairwise_forward(0, matrix_view(a), matrix_view(a), matrix_view(b), matrix_view(b), matrix_view(out), 1, 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", METRICS)
+def test_half_precision_on_cuda(metric, dtype):
+    # 16-bit inputs, float32 accumulation and output; error policy: at most twice PyTorch's own
+    # error when it computes the same formula from the same 16-bit inputs in float32.
+    inputs = [t.to(dtype) for t in pair(70, 50, 40, device="cuda", seed=17)]
+    out = pcmekit.pairwise_distance(*inputs, metric=metric)
+    assert out.dtype == torch.float32
+    truth = oracle(*inputs, metric)
+    torch_err = (pairwise_distance_naive(*[t.float() for t in inputs], metric).double().cpu() - truth).abs().max()
+    assert (out.double().cpu() - truth).abs().max() <= 2 * torch_err + 1e-4 * truth.abs().max()
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    pcmekit.pairwise_distance(*leaves, metric=metric).sum().backward()
+    ref = [t.detach().double().cpu().requires_grad_() for t in inputs]
+    pairwise_distance_naive(*ref, metric).sum().backward()
+    for leaf, r in zip(leaves, ref):
+        if leaf.grad is None:
+            assert metric == "l2"
+            continue
+        assert leaf.grad.dtype == dtype
+        scale = r.grad.abs().max().item()
+        torch.testing.assert_close(leaf.grad.double().cpu(), r.grad, rtol=2e-2, atol=2e-2 * scale)

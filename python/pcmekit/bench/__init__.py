@@ -1,0 +1,179 @@
+"""Benchmark harness: every kernel against its pure-PyTorch baseline, in one process.
+
+Each suite is a module in this package with ``run(config: BenchConfig) -> list[dict]``; every
+dict is one measurement with the keys of :data:`FIELDS`. Suites check that the implementations
+agree before they time anything. The harness adds speed-ups against the row marked as baseline
+of the same case, prints a table, and writes CSV, JSON and (with matplotlib) a PNG plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["BenchConfig", "SUITES", "FIELDS", "median_time", "run_suites", "format_table"]
+
+SUITES: Dict[str, str] = {
+    "pairwise": "pcmekit.bench.pairwise",
+    "optim": "pcmekit.bench.optim",
+}
+
+FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "notes"]
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What every suite gets: problem size switch, device, repeat counts."""
+
+    quick: bool = False
+    device: str = "cpu"
+    repeats: int = 10
+    warmup: int = 2
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: str = "cpu") -> float:
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(
+    suite: str,
+    case: str,
+    impl: str,
+    seconds: float,
+    *,
+    baseline: bool = False,
+    flops: Optional[float] = None,
+    peak_mb: Optional[float] = None,
+    notes: str = "",
+) -> Dict[str, Any]:
+    """One measurement in the harness's format."""
+    return {
+        "suite": suite,
+        "case": case,
+        "impl": impl,
+        "baseline": baseline,
+        "median_ms": seconds * 1e3,
+        "gflops": None if flops is None else flops / seconds / 1e9,
+        "speedup": None,
+        "peak_mb": peak_mb,
+        "notes": notes,
+    }
+
+
+def _add_speedups(rows: List[Dict[str, Any]]) -> None:
+    base = {(r["suite"], r["case"]): r["median_ms"] for r in rows if r.get("baseline")}
+    for r in rows:
+        ref = base.get((r["suite"], r["case"]))
+        r["speedup"] = None if ref is None else ref / r["median_ms"]
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """A plain-text table of the measurements."""
+    headers = ["suite", "case", "impl", "ms", "GFLOP/s", "speed-up", "peak MB"]
+
+    def fmt(value: Any, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    body = [
+        [
+            r["suite"],
+            r["case"],
+            r["impl"] + (" (baseline)" if r.get("baseline") else ""),
+            fmt(r["median_ms"], ".2f"),
+            fmt(r.get("gflops"), ".1f"),
+            fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
+            fmt(r.get("peak_mb"), ".0f"),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in body]
+    return "\n".join(lines)
+
+
+def _plot(rows: Sequence[Dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cases = list(dict.fromkeys((r["suite"], r["case"]) for r in rows))
+    fig, axes = plt.subplots(len(cases), 1, figsize=(8, 1.6 + 1.1 * len(cases) * 1.5), squeeze=False)
+    for ax, key in zip(axes[:, 0], cases):
+        sel = [r for r in rows if (r["suite"], r["case"]) == key]
+        labels = [r["impl"] for r in sel]
+        values = [r["median_ms"] for r in sel]
+        colors = ["#999999" if r.get("baseline") else "#1f77b4" for r in sel]
+        ax.barh(labels, values, color=colors)
+        for y, r in enumerate(sel):
+            text = f"{r['median_ms']:.1f} ms"
+            if r.get("speedup") is not None:
+                text += f"  ({r['speedup']:.2f}x)"
+            ax.text(r["median_ms"], y, " " + text, va="center", fontsize=8)
+        ax.set_title(f"{key[0]}: {key[1]}", fontsize=9)
+        ax.set_xlabel("median time (ms), lower is better", fontsize=8)
+        ax.set_xlim(0, max(values) * 1.45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run_suites(
+    names: Sequence[str],
+    config: BenchConfig,
+    out_dir: Optional[Path],
+    echo: Callable[[str], None] = print,
+) -> List[Dict[str, Any]]:
+    """Runs the named suites, prints the table, and writes results under ``out_dir``."""
+    rows: List[Dict[str, Any]] = []
+    for name in names:
+        if name not in SUITES:
+            raise ValueError(f"unknown benchmark suite {name!r}; expected one of {', '.join(SUITES)}")
+        echo(f"[pcmekit bench] running suite '{name}' (device={config.device}, quick={config.quick}, "
+             f"threads={torch.get_num_threads()})")
+        module = importlib.import_module(SUITES[name])
+        rows += module.run(config)
+    _add_speedups(rows)
+    echo(format_table(rows))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = "_".join(names)
+        with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        meta = {"config": dataclasses.asdict(config), "build_info": _build_info(), "results": rows}
+        (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+        plotted = _plot(rows, out_dir / f"{stem}.png")
+        echo(f"[pcmekit bench] wrote {out_dir / stem}.csv, .json" + (", .png" if plotted else ""))
+    return rows
+
+
+def _build_info() -> Dict[str, Any]:
+    from .._core import build_info
+
+    return build_info()

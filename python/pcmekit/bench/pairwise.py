@@ -1,0 +1,92 @@
+"""Benchmark suite ``pairwise``: the CSD matrix and a PCME++-style training step.
+
+1. CSD distance matrix, N = M = 4096, D = 512, float32, forward only.
+2. Forward + backward of BCE-with-logits on ``-5 * CSD + 5`` against the identity (the core of
+   the PCME++ loss), B = 1024, D = 512.
+
+Each against ``pcmekit.reference.pairwise_distance_fast`` (GEMM form) in the same process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from .. import ops, reference
+from . import BenchConfig, median_time, row
+
+SUITE = "pairwise"
+
+
+def _inputs(n: int, d: int, device: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    logvar = torch.randn(n, d, generator=g) * 0.5 - 4.0
+    return mean.to(device), logvar.to(device)
+
+
+def _check_close(ours: torch.Tensor, base: torch.Tensor, truth: torch.Tensor, what: str) -> None:
+    """Both implementations must agree with the float64 truth to float32 accuracy."""
+    scale = truth.abs().max().item() + 1e-12
+    for name, value in (("pcmekit", ours), ("torch", base)):
+        err = (value.double().cpu() - truth).abs().max().item() / scale
+        if err > 1e-4:
+            raise AssertionError(f"{what}: {name} differs from the float64 result by {err:.2e} (relative)")
+
+
+def run(config: BenchConfig) -> List[Dict[str, Any]]:
+    dev = config.device
+    rows: List[Dict[str, Any]] = []
+
+    # 1. CSD matrix.
+    n, d = (1024, 512) if config.quick else (4096, 512)
+    am, al = _inputs(n, d, dev, 0)
+    bm, bl = _inputs(n, d, dev, 1)
+    ours = ops.pairwise_distance(am, al, bm, bl, metric="csd")
+    base = reference.pairwise_distance_fast(am, al, bm, bl, "csd")
+    rows_check = slice(0, 256)
+    truth = reference.pairwise_distance_fast(
+        am[rows_check].double(), al[rows_check].double(), bm.double(), bl.double(), "csd"
+    ).cpu()
+    _check_close(ours[rows_check], base[rows_check], truth, "csd matrix")
+    del ours, base
+    case = f"csd matrix N=M={n} D={d} fp32 fwd"
+    flops = 2.0 * n * n * d
+    t_ours = median_time(lambda: ops.pairwise_distance(am, al, bm, bl, metric="csd"), config.repeats, config.warmup, dev)
+    t_base = median_time(lambda: reference.pairwise_distance_fast(am, al, bm, bl, "csd"), config.repeats, config.warmup, dev)
+    rows.append(row(SUITE, case, "pcmekit", t_ours, flops=flops))
+    rows.append(row(SUITE, case, "torch (GEMM form)", t_base, baseline=True, flops=flops))
+
+    # 2. PCME++-style loss, forward + backward.
+    b = 256 if config.quick else 1024
+    leaves = [t.requires_grad_() for t in (*_inputs(b, d, dev, 2), *_inputs(b, d, dev, 3))]
+
+    def step(distance_fn):
+        for t in leaves:
+            t.grad = None
+        loss = reference.pcmepp_style_loss(distance_fn(*leaves))
+        loss.backward()
+        return loss, [t.grad for t in leaves]
+
+    def ours_fn(*x):
+        return ops.pairwise_distance(*x, metric="csd")
+
+    def base_fn(*x):
+        return reference.pairwise_distance_fast(*x, "csd")
+
+    loss_o, grads_o = step(ours_fn)
+    loss_b, grads_b = step(base_fn)
+    if not torch.allclose(loss_o, loss_b, rtol=1e-4, atol=1e-6):
+        raise AssertionError(f"loss: pcmekit {loss_o.item()} vs torch {loss_b.item()}")
+    for go, gb in zip(grads_o, grads_b):
+        err = (go - gb).abs().max().item() / (gb.abs().max().item() + 1e-30)
+        if err > 1e-3:
+            raise AssertionError(f"loss gradients differ by {err:.2e} (relative)")
+    case = f"PCME++-style loss B={b} D={d} fp32 fwd+bwd"
+    flops = 6.0 * b * b * d  # one GEMM forward, two backward
+    t_ours = median_time(lambda: step(ours_fn), config.repeats, config.warmup, dev)
+    t_base = median_time(lambda: step(base_fn), config.repeats, config.warmup, dev)
+    rows.append(row(SUITE, case, "pcmekit", t_ours, flops=flops))
+    rows.append(row(SUITE, case, "torch (GEMM form)", t_base, baseline=True, flops=flops))
+    return rows
