@@ -16,10 +16,10 @@ all: test
 
 env: $(VENV)/.deps-stamp
 
-$(VENV)/.deps-stamp: requirements-dev.txt
+$(VENV)/.deps-stamp: scripts/requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r scripts/requirements-dev.txt
 	touch $@
 
 # Non-editable install from a cached build folder (build/): rebuilds are incremental, and the
