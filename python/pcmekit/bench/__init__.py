@@ -23,6 +23,8 @@ __all__ = ["BenchConfig", "SUITES", "FIELDS", "median_time", "run_suites", "form
 
 SUITES: Dict[str, str] = {
     "pairwise": "pcmekit.bench.pairwise",
+    "loss": "pcmekit.bench.loss",
+    "match_prob": "pcmekit.bench.match_prob",
     "optim": "pcmekit.bench.optim",
 }
 

@@ -1,0 +1,280 @@
+"""Batch preparation for the losses: argument checks and, with ``gather=True``, the global batch.
+
+:func:`prepare_batch` validates one rank's ``(img, txt, matched)`` and, under torch.distributed,
+all-gathers the embeddings with gradients (:class:`_AllGatherRows`, one collective for all of them;
+ranks may hold different batch sizes) and assembles the block-diagonal global ``matched``.
+
+Contract (what "matching gradients" means here). Every rank gathers the embeddings of all ranks
+and computes the *same* global loss L on the concatenated batch. In the backward pass each rank
+holds dL/dX for the whole gathered batch; :class:`_AllGatherRows` all-reduces (sums) it and keeps
+the rows the rank owns. A rank's own embeddings therefore receive ``world_size * dL/dX_own``, and
+after the gradient *averaging* that DistributedDataParallel (and FSDP) perform, every parameter
+gradient -- the encoders' as well as the loss's own ``scale``/``shift``, which get dL/dscale on
+every rank -- equals the single-process gradient of L on the concatenated batch. This is the
+convention of PCME++'s and open_clip's gather-with-grad (a sum-reduce to the owner).
+
+Collectives must be entered by every rank, so a rank that rejects its own inputs does not raise
+before the first collective: its status travels in the metadata exchange and then *every* rank
+raises (the offending one with its own message), instead of the others hanging.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .._checks import check_float_matrix
+from ..embedding import ProbEmbedding
+
+__all__ = ["Batch", "prepare_batch", "process_group_info", "exchange_metadata", "gather_rows"]
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def process_group_info(owner: str) -> Tuple[int, int]:
+    """(rank, world_size) of the default process group; a clear error when there is none."""
+    if not dist.is_available():
+        raise RuntimeError(f"{owner}(gather=True) needs torch.distributed, which this torch build lacks")
+    if not dist.is_initialized():
+        raise RuntimeError(
+            f"{owner}(gather=True) needs an initialised torch.distributed process group "
+            "(call torch.distributed.init_process_group first), or use gather=False for a "
+            "single-process loss"
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def collective_device(hint: Optional[torch.device]) -> torch.device:
+    """The device the small metadata tensors live on: the data's device, else the backend's."""
+    if hint is not None:
+        return hint
+    if dist.get_backend() == "nccl" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def exchange_metadata(values: Sequence[int], device: torch.device) -> List[List[int]]:
+    """All-gathers a short list of ints (the same length on every rank); returns one list per rank."""
+    local = torch.tensor(list(values), dtype=torch.int64, device=device)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return [p.tolist() for p in parts]
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Concatenation of every rank's 1-D buffer (``numels[r]`` elements from rank r).
+
+    Forward: pad to the largest buffer, ``all_gather``, trim. Backward: ``all_reduce(SUM)`` of the
+    gradient of the concatenation, then this rank's slice (see the module docstring for why a sum).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, numels: Tuple[int, ...], rank: int) -> torch.Tensor:
+        ctx.numels = numels
+        ctx.rank = rank
+        width = max(numels)
+        padded = local.new_zeros(width)
+        padded[: local.numel()] = local
+        parts = [torch.empty_like(padded) for _ in numels]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:n] for p, n in zip(parts, numels)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.numels[: ctx.rank])
+        return grad[start : start + ctx.numels[ctx.rank]], None, None
+
+
+def gather_rows(
+    tensors: Sequence[torch.Tensor], rows: Sequence[Sequence[int]], rank: int
+) -> List[torch.Tensor]:
+    """Global versions of K 2-D tensors, rows of rank 0 first, gradients flowing to their owners.
+
+    ``tensors[k]`` is ``[rows[rank][k], width_k]`` on this rank; ``rows[r][k]`` is rank r's row
+    count of tensor k (from :func:`exchange_metadata`), and every rank must pass the same widths,
+    dtype and device. One data collective for all K tensors.
+    """
+    widths = [t.shape[1] for t in tensors]
+    local = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.empty(0)
+    numels = tuple(sum(n * w for n, w in zip(rank_rows, widths)) for rank_rows in rows)
+    flat = _AllGatherRows.apply(local, numels, rank)
+    pieces: List[List[torch.Tensor]] = [[] for _ in tensors]
+    offset = 0
+    for rank_rows in rows:
+        for k, (n, w) in enumerate(zip(rank_rows, widths)):
+            pieces[k].append(flat[offset : offset + n * w].view(n, w))
+            offset += n * w
+    return [torch.cat(p) for p in pieces]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch preparation shared by the losses: validate, then (with gather=True) build the global batch.
+
+
+class Batch(NamedTuple):
+    """The batch a loss computes on (this rank's, or all ranks' with ``gather=True``).
+
+    ``matched`` is ``None`` for the identity (so losses can take a sparse fast path), else a
+    ``[B_img, B_txt]`` tensor in ``compute_dtype`` with values in [0, 1]."""
+
+    img_mean: torch.Tensor
+    img_logvar: Optional[torch.Tensor]
+    txt_mean: torch.Tensor
+    txt_logvar: Optional[torch.Tensor]
+    matched: Optional[torch.Tensor]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Losses on 16-bit embeddings compute in float32 (the CSD op returns float32 for them)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _unpack(x: Any, name: str, need_logvar: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if isinstance(x, ProbEmbedding):
+        return x.mean, x.logvar
+    if not need_logvar and isinstance(x, torch.Tensor):
+        return x, None
+    expected = "a pcmekit.ProbEmbedding" + ("" if need_logvar else " or a [B, D] tensor of means")
+    raise TypeError(f"{name} must be {expected}, got {type(x).__name__}")
+
+
+def _validate_local(
+    owner: str, img: Any, txt: Any, matched: Any, need_logvar: bool, positive_lines: bool
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    img_mean, img_logvar = _unpack(img, "img", need_logvar)
+    txt_mean, txt_logvar = _unpack(txt, "txt", need_logvar)
+    check_float_matrix(img_mean, "img.mean", "[B_img, D]")
+    check_float_matrix(txt_mean, "txt.mean", "[B_txt, D]")
+    if txt_mean.shape[1] != img_mean.shape[1]:
+        raise ValueError(
+            f"txt.mean must have shape [B_txt, D] with D == img.mean's D ({img_mean.shape[1]}), "
+            f"got {list(txt_mean.shape)}"
+        )
+    if txt_mean.dtype != img_mean.dtype:
+        raise TypeError(f"txt has dtype {txt_mean.dtype} but img has {img_mean.dtype}; they must match")
+    if txt_mean.device != img_mean.device:
+        raise ValueError(f"txt is on {txt_mean.device} but img is on {img_mean.device}; they must be on one device")
+    b_img, b_txt = img_mean.shape[0], txt_mean.shape[0]
+    if matched is None:
+        if b_img != b_txt:
+            raise ValueError(
+                f"{owner}: without `matched` the batch must pair img i with txt i, so B_img must equal "
+                f"B_txt; got B_img={b_img}, B_txt={b_txt} (pass matched of shape [B_img, B_txt])"
+            )
+        return img_mean, img_logvar, txt_mean, txt_logvar, None
+    if not isinstance(matched, torch.Tensor):
+        raise TypeError(f"matched must be a torch.Tensor of shape [B_img, B_txt] or None, got {type(matched).__name__}")
+    if matched.dtype.is_complex:
+        raise TypeError(f"matched must be real (float, int or bool), got {matched.dtype}")
+    if tuple(matched.shape) != (b_img, b_txt):
+        raise ValueError(f"matched must have shape [B_img, B_txt] = [{b_img}, {b_txt}], got {list(matched.shape)}")
+    if matched.device != img_mean.device:
+        raise ValueError(f"matched is on {matched.device} but the embeddings are on {img_mean.device}; they must be on one device")
+    m = matched.detach().to(compute_dtype(img_mean.dtype))
+    if m.numel():
+        bad = ~((m >= 0) & (m <= 1))  # NaN fails both comparisons
+        if bool(bad.any()):
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"matched must have values in [0, 1], got {m[i, j].item()} at [{i}, {j}]")
+        if positive_lines:
+            for dim, what in ((1, "row (image)"), (0, "column (caption)")):
+                sums = m.sum(dim)
+                if bool((sums <= 0).any()):
+                    k = int((sums <= 0).nonzero()[0])
+                    raise ValueError(
+                        f"{owner}: every {what} of matched needs a positive, but {what.split()[0]} {k} sums to 0"
+                    )
+    return img_mean, img_logvar, txt_mean, txt_logvar, m
+
+
+def prepare_batch(
+    owner: str,
+    img: Any,
+    txt: Any,
+    matched: Any,
+    *,
+    gather: bool,
+    need_logvar: bool = True,
+    positive_lines: bool = False,
+) -> Batch:
+    """Validates one rank's inputs and, with ``gather``, returns the global batch.
+
+    Global batch: embeddings of rank 0, then rank 1, ...; ``matched`` block-diagonal with each
+    rank's ``[B_img_r, B_txt_r]`` block (the identity where a rank passed ``None``); ``None`` when
+    every rank passed ``None`` (the global identity). ``positive_lines`` requires every row and
+    column of ``matched`` to have a positive sum (soft cross-entropy needs it).
+    """
+    if not gather:
+        batch = Batch(*_validate_local(owner, img, txt, matched, need_logvar, positive_lines))
+        _check_not_empty(owner, batch.img_mean.shape[0], batch.txt_mean.shape[0])
+        return batch
+
+    rank, world = process_group_info(owner)
+    error: Optional[Exception] = None
+    try:
+        local = _validate_local(owner, img, txt, matched, need_logvar, positive_lines)
+    except (TypeError, ValueError) as err:
+        error, local = err, None
+    if local is None:
+        hint = None
+        for x in (img, txt):
+            t = x.mean if isinstance(x, ProbEmbedding) else x
+            if isinstance(t, torch.Tensor):
+                hint = t.device
+                break
+        meta = [1, 0, 0, 0, 0, -1]
+    else:
+        img_mean, img_logvar, txt_mean, txt_logvar, m = local
+        hint = img_mean.device
+        meta = [0, img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
+                _DTYPE_CODES[img_mean.dtype]]
+    metas = exchange_metadata(meta, collective_device(hint))
+    if error is not None:
+        raise error
+    failed = [r for r, mt in enumerate(metas) if mt[0]]
+    if failed:
+        raise RuntimeError(
+            f"{owner}(gather=True): rank(s) {failed} rejected their inputs (see the error raised there); "
+            "every rank stops so that none waits in a collective"
+        )
+    dims = {mt[3] for mt in metas}
+    dtypes = {mt[5] for mt in metas}
+    if len(dims) > 1 or len(dtypes) > 1:
+        raise ValueError(
+            f"{owner}(gather=True): all ranks must pass embeddings of one D and dtype; got D per rank "
+            f"{[mt[3] for mt in metas]} and dtype codes {[mt[5] for mt in metas]}"
+        )
+    b_img = [mt[1] for mt in metas]
+    b_txt = [mt[2] for mt in metas]
+    _check_not_empty(owner, sum(b_img), sum(b_txt))
+
+    if need_logvar:
+        tensors = [img_mean, img_logvar, txt_mean, txt_logvar]
+        rows = [[bi, bi, bt, bt] for bi, bt in zip(b_img, b_txt)]
+        g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar = gather_rows(tensors, rows, rank)
+    else:
+        rows = [[bi, bt] for bi, bt in zip(b_img, b_txt)]
+        g_img_mean, g_txt_mean = gather_rows([img_mean, txt_mean], rows, rank)
+        g_img_logvar = g_txt_logvar = None
+
+    g_matched = None
+    if any(mt[4] for mt in metas):
+        if m is None:  # this rank's block is the identity (it is square: checked above)
+            m = torch.eye(b_img[rank], dtype=compute_dtype(img_mean.dtype), device=img_mean.device)
+        with torch.no_grad():
+            flat = gather_rows([m.reshape(-1, 1)], [[bi * bt] for bi, bt in zip(b_img, b_txt)], rank)[0]
+        blocks, offset = [], 0
+        for bi, bt in zip(b_img, b_txt):
+            blocks.append(flat[offset : offset + bi * bt].view(bi, bt))
+            offset += bi * bt
+        g_matched = torch.block_diag(*blocks)
+    return Batch(g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar, g_matched)
+
+
+def _check_not_empty(owner: str, b_img: int, b_txt: int) -> None:
+    if b_img == 0 or b_txt == 0:
+        raise ValueError(f"{owner} needs at least one image and one caption, got B_img={b_img}, B_txt={b_txt}")
