@@ -10,6 +10,7 @@
 #include <thread>
 #include <tuple>
 
+#include "bindings/views.h"
 #include "cpu/gemm.h"
 #include "pcmekit/pairwise.h"
 #ifdef PCMEKIT_WITH_CUDA
@@ -21,28 +22,8 @@ using namespace pcmekit;
 
 namespace {
 
-// (data_ptr, rows, cols, row_stride, col_stride, dtype code, device code, device index), as built
-// by pcmekit._views.matrix_view; None for an absent array.
-using ViewTuple = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
-
-MatrixView to_view(const std::optional<ViewTuple>& t, const char* name) {
-  MatrixView v;
-  if (!t) return v;
-  const auto& [ptr, rows, cols, rs, cs, dtype, device, index] = *t;
-  if (dtype < 0 || dtype > static_cast<int>(DType::BFloat16))
-    throw TypeError(std::string(name) + ": unknown dtype code " + std::to_string(dtype));
-  if (device < 0 || device > static_cast<int>(Device::CUDA))
-    throw std::invalid_argument(std::string(name) + ": unknown device code " + std::to_string(device));
-  v.data = reinterpret_cast<void*>(ptr);
-  v.rows = rows;
-  v.cols = cols;
-  v.row_stride = rs;
-  v.col_stride = cs;
-  v.dtype = static_cast<DType>(dtype);
-  v.device = static_cast<Device>(device);
-  v.device_index = index;
-  return v;
-}
+using bindings::ViewTuple;
+using bindings::to_view;
 
 Metric to_metric(int code) { return static_cast<Metric>(code); }
 
@@ -125,6 +106,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a_mean"), py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"),
         py::arg("grad_a_mean"), py::arg("grad_a_logvar"), py::arg("grad_b_mean"),
         py::arg("grad_b_logvar"), py::arg("num_threads"), py::arg("stream"));
+  register_match_prob(m);
   m.def("build_config", &build_config);
   m.def("cuda_device_count", &cuda_device_count);
 }

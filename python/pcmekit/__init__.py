@@ -6,9 +6,10 @@ probabilistic distances on the CPU and on CUDA, forward and backward.
 
 from __future__ import annotations
 
-from . import reference
+from . import losses, reference
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
+from .match_prob import match_logprob, match_prob
 from .ops import pairwise_distance
 
 __version__: str = build_info()["version"]
@@ -18,6 +19,9 @@ __all__ = [
     "build_info",
     "cuda_available",
     "get_num_threads",
+    "losses",
+    "match_logprob",
+    "match_prob",
     "pairwise_distance",
     "reference",
     "set_num_threads",

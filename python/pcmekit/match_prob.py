@@ -1,0 +1,344 @@
+"""PCME's Monte-Carlo match probability (DESIGN.md section 2) as torch custom ops.
+
+``pcmekit::match_logprob`` computes ``(log p, log(1 - p))`` for every pair of two sets of
+Gaussians from given noise; its backward is the custom op ``pcmekit::match_logprob_backward``
+(a fused kernel too). Both have fake implementations, so they work under autograd,
+``torch.compile`` and ``torch.library.opcheck``. The public functions :func:`match_prob` and
+:func:`match_logprob` validate the arguments and draw the noise when it is not given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import _C
+from ._checks import as_tensor, prepare_pair, unpack_pair
+from ._core import get_num_threads, matrix_view, stream_handle
+
+__all__ = ["match_prob", "match_logprob"]
+
+Array = Union[torch.Tensor, np.ndarray]
+Scalar = Union[float, int, torch.Tensor]
+
+
+def _flat_eps(eps: torch.Tensor) -> torch.Tensor:
+    """[N, J, D] -> [N * J, D] (a view whenever the strides allow; the core takes any strides)."""
+    return eps.reshape(eps.shape[0] * eps.shape[1], eps.shape[2])
+
+
+def _pair_shape(a_mean: torch.Tensor, b_mean: torch.Tensor) -> Tuple[int, int]:
+    return (a_mean.shape[0], b_mean.shape[0])
+
+
+@torch.library.custom_op("pcmekit::match_logprob", mutates_args=())
+def _match_logprob_op(
+    a_mean: torch.Tensor,
+    a_logvar: torch.Tensor,
+    b_mean: torch.Tensor,
+    b_logvar: torch.Tensor,
+    eps_a: torch.Tensor,
+    eps_b: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    squared: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    log_p = a_mean.new_empty(_pair_shape(a_mean, b_mean))
+    log_q = a_mean.new_empty(_pair_shape(a_mean, b_mean))
+    flat_a, flat_b = _flat_eps(eps_a), _flat_eps(eps_b)  # referenced until the call returns
+    _C.match_prob_forward(
+        matrix_view(a_mean),
+        matrix_view(a_logvar),
+        matrix_view(b_mean),
+        matrix_view(b_logvar),
+        matrix_view(flat_a),
+        matrix_view(flat_b),
+        eps_a.shape[1],
+        float(scale),
+        float(shift),
+        squared,
+        matrix_view(log_p),
+        matrix_view(log_q),
+        get_num_threads(),
+        stream_handle(a_mean.device),
+    )
+    return log_p, log_q
+
+
+@_match_logprob_op.register_fake
+def _(a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b, scale, shift, squared):
+    shape = _pair_shape(a_mean, b_mean)
+    return a_mean.new_empty(shape), a_mean.new_empty(shape)
+
+
+def _backward_outputs(
+    a_mean: torch.Tensor, b_mean: torch.Tensor, needs: List[bool]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    shapes = (a_mean.shape, a_mean.shape, b_mean.shape, b_mean.shape, (1, 2))
+    return tuple(  # type: ignore[return-value]
+        a_mean.new_empty(shape if need else (0,)) for shape, need in zip(shapes, needs)
+    )
+
+
+@torch.library.custom_op("pcmekit::match_logprob_backward", mutates_args=())
+def _match_logprob_backward_op(
+    grad_log_p: torch.Tensor,
+    grad_log_q: torch.Tensor,
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    a_mean: torch.Tensor,
+    a_logvar: torch.Tensor,
+    b_mean: torch.Tensor,
+    b_logvar: torch.Tensor,
+    eps_a: torch.Tensor,
+    eps_b: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    squared: bool,
+    needs: List[bool],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. (a_mean, a_logvar, b_mean, b_logvar) and ``[[d scale, d shift]]``; one
+    nobody needs (``needs[k]`` false) comes back as an empty tensor and is not computed."""
+    grads = _backward_outputs(a_mean, b_mean, needs)
+    flat_a, flat_b = _flat_eps(eps_a), _flat_eps(eps_b)
+    _C.match_prob_backward(
+        matrix_view(grad_log_p),
+        matrix_view(grad_log_q),
+        matrix_view(log_p),
+        matrix_view(log_q),
+        matrix_view(a_mean),
+        matrix_view(a_logvar),
+        matrix_view(b_mean),
+        matrix_view(b_logvar),
+        matrix_view(flat_a),
+        matrix_view(flat_b),
+        eps_a.shape[1],
+        float(scale),
+        float(shift),
+        squared,
+        *(matrix_view(g) if need else None for g, need in zip(grads, needs)),
+        get_num_threads(),
+        stream_handle(a_mean.device),
+    )
+    return grads
+
+
+@_match_logprob_backward_op.register_fake
+def _(grad_log_p, grad_log_q, log_p, log_q, a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b,
+      scale, shift, squared, needs):
+    return _backward_outputs(a_mean, b_mean, needs)
+
+
+def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, torch.Tensor]) -> None:
+    a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b, scale, shift, squared = inputs
+    log_p, log_q = output
+    ctx.save_for_backward(a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b, scale, shift, log_p, log_q)
+    ctx.squared = squared
+
+
+def _backward(ctx: Any, grad_log_p: Optional[torch.Tensor], grad_log_q: Optional[torch.Tensor]):
+    a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b, scale, shift, log_p, log_q = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    needs = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3]), bool(need[6] or need[7])]
+    if grad_log_p is None:
+        grad_log_p = torch.zeros_like(log_p)
+    if grad_log_q is None:
+        grad_log_q = torch.zeros_like(log_q)
+    g_am, g_al, g_bm, g_bl, g_ss = _match_logprob_backward_op(
+        grad_log_p.contiguous(), grad_log_q.contiguous(), log_p, log_q, a_mean, a_logvar, b_mean,
+        b_logvar, eps_a, eps_b, scale, shift, ctx.squared, needs,
+    )
+    g_scale = g_ss[0, 0].to(scale.dtype).to(scale.device).reshape(scale.shape) if need[6] else None
+    g_shift = g_ss[0, 1].to(shift.dtype).to(shift.device).reshape(shift.shape) if need[7] else None
+    return (
+        g_am if needs[0] else None,
+        g_al if needs[1] else None,
+        g_bm if needs[2] else None,
+        g_bl if needs[3] else None,
+        None,  # eps_a: the noise is a constant
+        None,  # eps_b
+        g_scale,
+        g_shift,
+        None,  # squared
+    )
+
+
+_match_logprob_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _scalar(x: Any, name: str) -> torch.Tensor:
+    """scale / shift as a 0-d tensor (a tensor argument keeps its autograd graph)."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a Python float or a 0-d tensor, got a tensor of shape {list(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        t = x.reshape(())
+        if _compiling():  # reading the value would break the graph; the kernel checks it too
+            return t
+        value = float(t.detach())
+    elif isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool):
+        value = float(x)
+        t = torch.tensor(value, dtype=torch.float64)
+    else:
+        raise TypeError(f"{name} must be a Python float or a 0-d tensor, got {type(x).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return t
+
+
+def _check_eps(eps: Any, name: str, rows: int, rows_name: str, dim: int, ref: torch.Tensor) -> torch.Tensor:
+    t, _ = as_tensor(eps, name)
+    if t.dim() != 3 or t.shape[0] != rows or t.shape[2] != dim:
+        raise ValueError(
+            f"{name} must have shape [{rows_name}, J, D] = [{rows}, J, {dim}], got {list(t.shape)}"
+        )
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of the means ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the means' device ({ref.device}), got {t.device}")
+    return t
+
+
+def _draw_eps(rows: int, j: int, dim: int, ref: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    # Drawn on the generator's device (the CPU without one) and moved: a CPU generator with a
+    # given seed yields the same noise, hence the same result, whatever the inputs' device.
+    device = generator.device if generator is not None else torch.device("cpu")
+    eps = torch.randn((rows, j, dim), generator=generator, dtype=ref.dtype, device=device)
+    return eps.to(ref.device)
+
+
+def _prepare(
+    a_mean: Any, a_logvar: Any, b_mean: Any, b_logvar: Any, scale: Any, shift: Any,
+    num_samples: Any, eps_a: Any, eps_b: Any, generator: Optional[torch.Generator], squared: Any,
+):
+    a_mean, a_logvar, b_mean, b_logvar, leftover = unpack_pair(a_mean, a_logvar, b_mean, b_logvar)
+    if leftover is not None:
+        raise TypeError("with two ProbEmbeddings, pass every other argument by keyword")
+    for name, value in (("a_logvar", a_logvar), ("b_logvar", b_logvar)):
+        if value is None:
+            raise ValueError(f"match_prob needs {name} (the log-variances), got None")
+    am, al, bm, bl, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, True, "match_prob")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if not isinstance(squared, bool):
+        raise TypeError(f"squared must be a bool, got {type(squared).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    scale_t, shift_t = _scalar(scale, "scale"), _scalar(shift, "shift")
+    n, m, d, j = am.shape[0], bm.shape[0], am.shape[1], int(num_samples)
+    ea = None if eps_a is None else _check_eps(eps_a, "eps_a", n, "N", d, am)
+    eb = None if eps_b is None else _check_eps(eps_b, "eps_b", m, "M", d, am)
+    if ea is not None and ea.shape[1] != j:
+        raise ValueError(
+            f"eps_a has J = {ea.shape[1]} samples per embedding but num_samples is {j}; pass num_samples={ea.shape[1]}"
+        )
+    if eb is not None and eb.shape[1] != j:
+        other = "eps_a's J" if ea is not None else "num_samples"
+        raise ValueError(f"eps_b has J = {eb.shape[1]} samples per embedding but {other} is {j}")
+    if ea is None:
+        ea = _draw_eps(n, j, d, am, generator)
+    if eb is None:
+        eb = _draw_eps(m, j, d, am, generator)
+    if am.device.type == "cuda" and am.dtype in (torch.float16, torch.bfloat16):
+        # 16-bit inputs compute in float32 (and return float32).
+        am, al, bm, bl, ea, eb = (t.float() for t in (am, al, bm, bl, ea, eb))
+    return am, al, bm, bl, ea, eb, scale_t, shift_t, to_numpy
+
+
+def match_logprob(
+    a_mean: Any,
+    a_logvar: Any = None,
+    b_mean: Any = None,
+    b_logvar: Any = None,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = 7,
+    eps_a: Optional[Array] = None,
+    eps_b: Optional[Array] = None,
+    generator: Optional[torch.Generator] = None,
+    squared: bool = False,
+) -> Tuple[Array, Array]:
+    """``(log p, log(1 - p))`` of PCME's Monte-Carlo match probability for every pair.
+
+    With ``J = num_samples`` samples per Gaussian, ``z_as = mu_a + exp(logvar_a / 2) * eps_a[:, s]``
+    (likewise ``z_bt``), ``d_st = sqrt(||z_as - z_bt||^2 + 1e-6)`` (``||z_as - z_bt||^2`` with
+    ``squared=True``) and
+
+        p(a, b) = 1/J^2 * sum_{s,t} sigmoid(-scale * d_st + shift).
+
+    Both outputs are computed in log space (a log-sum-exp over the J^2 log-sigmoids): they are
+    finite and accurate to relative rounding even where ``p`` rounds to 0 or to 1 in float32:
+    ``log p ~ -69`` and ``log(1 - p) ~ -1e-30`` for ``p ~ 1e-30``; ``log p ~ -1e-9`` and
+    ``log(1 - p) ~ -20.7`` for ``p ~ 1 - 1e-9``.
+
+    Call it with four arrays ``(a_mean [N, D], a_logvar [N, D], b_mean [M, D], b_logvar [M, D])``
+    or with two :class:`~pcmekit.ProbEmbedding`. ``scale`` and ``shift`` are Python floats or
+    0-d tensors; tensors that require grad get gradients. ``eps_a`` ``[N, J, D]`` and ``eps_b``
+    ``[M, J, D]`` are the standard-normal noise (treated as constants: no gradient); each one
+    omitted is drawn with ``torch.randn`` from ``generator`` on the generator's device (the CPU
+    when ``generator`` is None), ``eps_a`` first, then moved to the inputs' device, so a seeded
+    CPU generator gives the same noise and the same result on every device. Given noise must
+    have ``J == num_samples``.
+
+    Returns two ``[N, M]`` arrays in the input dtype (float32 for float16/bfloat16 CUDA inputs),
+    numpy for numpy inputs. Differentiable with respect to the means, the log-variances (through
+    ``z = mu + sigma * eps``), scale and shift; the backward pass is a fused kernel.
+
+    Accuracy: sample distances are computed in inner-product form (``|z_a|^2 + |z_b|^2 - 2 z_a.z_b``,
+    clamped at zero), so in float32 their absolute error is about 1e-7 times the squared sample
+    norms. NaN inputs give NaN in the affected rows and columns. Convention: PCME v1's code uses
+    ``exp(s) / (exp(s) + exp(-s)) = sigmoid(2 s)``, so its scale and shift are half of ours.
+
+    Raises:
+        ValueError: wrong shapes (including eps), num_samples < 1 or not matching the given
+            eps, eps_a / eps_b with different J, non-finite scale or shift, mixed devices.
+        TypeError: non-floating or mixed dtypes, 16-bit dtypes on the CPU.
+    """
+    am, al, bm, bl, ea, eb, scale_t, shift_t, to_numpy = _prepare(
+        a_mean, a_logvar, b_mean, b_logvar, scale, shift, num_samples, eps_a, eps_b, generator, squared
+    )
+    log_p, log_q = _match_logprob_op(am, al, bm, bl, ea, eb, scale_t, shift_t, squared)
+    if to_numpy:
+        return log_p.detach().numpy(), log_q.detach().numpy()
+    return log_p, log_q
+
+
+def match_prob(
+    a_mean: Any,
+    a_logvar: Any = None,
+    b_mean: Any = None,
+    b_logvar: Any = None,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = 7,
+    eps_a: Optional[Array] = None,
+    eps_b: Optional[Array] = None,
+    generator: Optional[torch.Generator] = None,
+    squared: bool = False,
+) -> Array:
+    """PCME's Monte-Carlo match probability ``p(a_i, b_j)``, ``[N, M]``; larger is closer.
+
+    ``exp`` of the first output of :func:`match_logprob`, which documents the arguments. Use
+    :func:`match_logprob` for losses: ``p`` itself rounds to 0 or 1 where its logarithms do not.
+    """
+    am, al, bm, bl, ea, eb, scale_t, shift_t, to_numpy = _prepare(
+        a_mean, a_logvar, b_mean, b_logvar, scale, shift, num_samples, eps_a, eps_b, generator, squared
+    )
+    log_p, _ = _match_logprob_op(am, al, bm, bl, ea, eb, scale_t, shift_t, squared)
+    p = torch.exp(log_p)
+    return p.detach().numpy() if to_numpy else p
