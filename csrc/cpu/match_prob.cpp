@@ -635,6 +635,8 @@ void forward_tile(const Problem<T>& pb, const MatchProbForwardParams& p, int64_t
   std::fill_n(ws.sum_p.begin(), (tile.i1 - tile.i0) * cols, T(0));
   std::fill_n(ws.sum_q.begin(), (tile.i1 - tile.i0) * cols, T(0));
   {
+    // The row pass on each run of dot products the GEMM hands over (one sample row, up to the
+    // micro-kernel's tile width of columns). (Staging runs to batch them measured slower.)
     const ForwardRowFn<T> row_fn = pass.forward_row;
     const RowArgs<T>& args = pb.row;
     const T* row_norm = tile.row_norm.data();

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import losses, reference
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
-from .match_prob import match_logprob, match_prob
+from .montecarlo import match_logprob, match_prob
 from .ops import pairwise_distance
 
 __version__: str = build_info()["version"]

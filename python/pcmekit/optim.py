@@ -92,22 +92,35 @@ def _ceil_log2(n: int) -> int:
     return max(0, (max(1, n) - 1).bit_length())
 
 
-def _decision_margin(n: int, threshold: float, dtype: torch.dtype) -> float:
+def _cascade_error(n: int) -> int:
+    """Error bound, in units of ``u * sum|terms|``, of torch's cascaded sum of ``n`` terms.
+
+    On CPU the sum runs per SIMD lane (and 4-way interleaved) over ``size <= n / 16`` vectors in
+    four levels: three of at most ``L = 2**max(4, ceil(log2 size) // 4)`` additions and a top one
+    of ``size / L**3``; then the lanes, the interleave and the threads are combined (``+ 40``).
+    CUDA's tree reductions are tighter.
+    """
+    size = max(1, n // 16)
+    level = 1 << max(4, _ceil_log2(size) // 4)
+    return 3 * level + -(-size // level**3) + 40
+
+
+def _decision_margin(n: int, k: int, threshold: float, dtype: torch.dtype) -> float:
     """Half-width of the band around ``threshold`` inside which our cosine does not decide.
 
-    The reference computes ``|cos|`` over rows of length ``n`` as ``sum((g/|g|) * (w/|w|))``, we
-    as ``|<g, w>| / (|g| |w|)``. Both sums are torch's cascaded sums (on CPU four levels of at
-    most ``2**max(4, log2(n/32)/4)`` terms per SIMD lane; on CUDA a tree), whose error is a small
-    multiple of ``u * sum|terms|``, and ``sum|terms| <= 1`` for normalised rows. The norms are
-    ``linalg.vector_norm`` on both sides (ours per row, combined for the layer view), relatively
-    accurate to ``n/8 * u`` at worst, which moves a cosine near the threshold by that fraction of
-    the threshold. Outside the band both computations land on the same side of it.
+    The reference computes ``|cos|`` of rows of length ``n`` as ``sum((g/|g|) * (w/|w|))``: three
+    roundings per term and a cascaded sum of ``n`` terms whose magnitudes add up to at most 1. We
+    compute ``|<g, w>| / (|g| |w|)`` from per-row sums of length ``k`` (``k = n`` in the channel
+    view; combined in float64 for the layer view): one rounding per term and a cascaded sum of
+    ``k``. The norms (``linalg.vector_norm`` on both sides) are relatively accurate to ``n/8 * u``
+    and ``k/8 * u`` at worst, which moves a cosine near the threshold by that fraction of it, as
+    does the rounding of the threshold to the parameter's dtype. Outside the band both
+    computations land on the same side of the threshold.
     """
     u = torch.finfo(dtype).eps / 2.0
-    level = 1 << max(4, _ceil_log2(max(1, n // 32)) // 4)
-    sum_error = (4 * level + 64) * u
-    relative = (n / 4.0 + 8.0) * u
-    return _MARGIN_SCALE * (3.0 * sum_error + relative * threshold)
+    absolute = (_cascade_error(n) + _cascade_error(k) + 8) * u
+    relative = ((n + k) / 4.0 + 4.0) * u
+    return _MARGIN_SCALE * (absolute + relative * threshold)
 
 
 def _reference_fires(grad: Tensor, param: Tensor, rows: int, eps: float, threshold: float) -> bool:
@@ -186,8 +199,9 @@ def _decide_from_stats(
         # overflowed (or is NaN) the reference decides.
         for view, view_rows, width, cos in ((CHANNEL, rows, n // rows, channel[i]), (LAYER, 1, n, layer[i])):
             threshold = delta / math.sqrt(width)
+            margin = _decision_margin(width, n // rows, threshold, p.dtype)
             cos = float(cos)
-            if finite[i] and math.isfinite(cos) and abs(cos - threshold) > _decision_margin(width, threshold, p.dtype):
+            if finite[i] and math.isfinite(cos) and abs(cos - threshold) > margin:
                 fires = cos < threshold
             else:  # too close to call (or not finite): the reference's own formula decides
                 fires = _reference_fires(g, p, view_rows, eps, threshold)

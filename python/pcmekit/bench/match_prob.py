@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import reference_match
-from ..match_prob import match_logprob  # (the package attribute pcmekit.match_prob is the function)
+from ..montecarlo import match_logprob
 from . import BenchConfig, median_time, row
 
 SUITE = "match_prob"

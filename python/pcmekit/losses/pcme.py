@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
-from ..match_prob import _draw_eps, match_logprob
+from ..montecarlo import _draw_eps, match_logprob
 from ._distributed import exchange_metadata, gather_rows, prepare_batch, process_group_info
 
 __all__ = ["PCMELoss"]
