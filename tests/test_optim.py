@@ -206,6 +206,7 @@ def test_matches_reference_float32(kind):
 def test_cache_blocking_is_bit_identical(kind, nesterov, foreach, dtype, monkeypatch):
     """CPU slices and row blocks (tiny here, so that every tensor is cut, unevenly) change nothing."""
     monkeypatch.setattr(optim_mod, "_SLICE", 16)
+    monkeypatch.setattr(optim_mod, "_SMALL", 1)  # block even tiny tensors
     monkeypatch.setattr(optim_mod, "_CPU_BATCH_NUMEL", 40)  # the larger tensors go one by one
     ours_p, ref_p, ours, ref = run_pair(
         kind, dict(nesterov=nesterov, weight_decay=0.1), dtype=dtype, foreach=foreach, steps=12
@@ -214,7 +215,7 @@ def test_cache_blocking_is_bit_identical(kind, nesterov, foreach, dtype, monkeyp
 
 
 LARGE = {
-    "conv": ((96, 64, 3, 3), "cycle"),  # 55 k elements: torch reduces and maps it with threads
+    "conv": ((66, 64, 3, 3), "cycle"),  # 38 k elements: above the grain torch splits across threads
     "linear": ((40, 1000), "cycle"),
     "bias": ((96,), "cycle"),
 }
@@ -277,8 +278,10 @@ def test_row_blocks_never_leave_one_row_alone():
 def test_decision_paths_agree(kind, scale, monkeypatch):
     """Deciding every test by our estimate alone, or by the reference formula alone, changes nothing."""
     monkeypatch.setattr(optim_mod, "_MARGIN_SCALE", scale)
-    ours_p, ref_p, ours, ref = run_pair(kind, dict(weight_decay=0.1), foreach=True, steps=8)
-    assert_same(ours_p, ref_p, ours, ref)
+    monkeypatch.setattr(optim_mod, "_SMALL", 1)  # our estimate for every size
+    for foreach in (False, True):
+        ours_p, ref_p, ours, ref = run_pair(kind, dict(weight_decay=0.1), foreach=foreach, steps=8)
+        assert_same(ours_p, ref_p, ours, ref)
 
 
 @pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
@@ -333,7 +336,7 @@ def test_foreach_matches_single(kind, dtype, device, monkeypatch):
     a, _, oa, _ = run_pair(kind, opts, dtype=dtype, device=device, foreach=True, steps=12, check=False)
     b, _, ob, _ = run_pair(kind, opts, dtype=dtype, device=device, foreach=False, steps=12, check=False)
     exact = device == "cpu"
-    assert_same(a, b, oa, ob, exact=exact, max_ulps=4 if dtype == torch.float32 else 64)
+    assert_same(a, b, oa, ob, exact=exact, max_ulps=16 if dtype == torch.float32 else 64)
     assert oa.last_projection == ob.last_projection
 
 
@@ -390,6 +393,19 @@ def test_borderline_cosine_uses_reference_formula(dtype, where, monkeypatch):
         assert calls and calls[0] == rows  # the channel view went to the reference formula
     else:
         assert rows not in calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", [(1, 300_000), (64, 4608), (5, 7)])
+def test_reference_cosine_in_scratch_is_torchs(shape, dtype):
+    """The reference formula computed in reused buffers is F.cosine_similarity, bit for bit
+    (including torch's multi-threaded reduction of one long row)."""
+    gen = torch.Generator().manual_seed(5)
+    g, w = (torch.randn(shape, generator=gen, dtype=F64).to(dtype) for _ in range(2))
+    g[-1] *= 1e-12  # a row whose norm is clamped at eps
+    scratch = torch.empty(2 * g.numel(), dtype=dtype)
+    assert optim_mod._cosine_matches_torch(dtype)
+    assert torch.equal(optim_mod._cosine_in(g, w, 1e-8, scratch), F.cosine_similarity(g, w, 1, 1e-8))
 
 
 def test_margin_is_small_but_covers_rounding():

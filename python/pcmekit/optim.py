@@ -123,10 +123,65 @@ def _decision_margin(n: int, k: int, threshold: float, dtype: torch.dtype) -> fl
     return _MARGIN_SCALE * (absolute + relative * threshold)
 
 
-def _reference_fires(grad: Tensor, param: Tensor, rows: int, eps: float, threshold: float) -> bool:
-    """The reference's test, verbatim: max |cos| over the rows of the view below the threshold."""
-    cos = F.cosine_similarity(grad.reshape(rows, -1), param.reshape(rows, -1), dim=1, eps=eps).abs_()
+def _cosine_in(x1: Tensor, x2: Tensor, eps: float, scratch: Tensor) -> Tensor:
+    """``F.cosine_similarity(x1, x2, dim=1, eps=eps)`` for same-shaped 2-D inputs, spelled out
+    with its own operations (norms clamped at ``eps``, both inputs divided by them, the product
+    summed) so that the two tensor-sized intermediates go to ``scratch`` (``2 * x1.numel()``
+    elements) instead of fresh allocations. :func:`_cosine_matches_torch` checks it is the same."""
+    n = x1.numel()
+    norm1 = torch.linalg.vector_norm(x1, 2, dim=1, keepdim=True).clamp_min_(eps)
+    norm2 = torch.linalg.vector_norm(x2, 2, dim=1, keepdim=True).clamp_min_(eps)
+    a = torch.div(x1, norm1, out=scratch[:n].view(x1.shape))
+    b = torch.div(x2, norm2, out=scratch[n : 2 * n].view(x1.shape))
+    return torch.mul(a, b, out=a).sum(dim=1)
+
+
+_COSINE_MATCHES: Dict[torch.dtype, bool] = {}
+
+
+def _cosine_matches_torch(dtype: torch.dtype) -> bool:
+    """Whether :func:`_cosine_in` reproduces this torch's ``F.cosine_similarity`` bit for bit."""
+    known = _COSINE_MATCHES.get(dtype)
+    if known is None:
+        gen = torch.Generator().manual_seed(99)
+        known = True
+        for shape in ((7, 33), (1, 1000), (3, 5)):
+            x1, x2 = (torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+            x1[-1] *= 1e-12  # a row whose norm is clamped
+            scratch = torch.empty(2 * x1.numel(), dtype=dtype)
+            known = known and torch.equal(_cosine_in(x1, x2, 1e-8, scratch), F.cosine_similarity(x1, x2, 1, 1e-8))
+        _COSINE_MATCHES[dtype] = known
+    return known
+
+
+def _reference_fires(
+    grad: Tensor, param: Tensor, rows: int, eps: float, threshold: float, scratch: Optional[Tensor] = None
+) -> bool:
+    """The reference's test, verbatim: max |cos| over the rows of the view below the threshold.
+
+    With ``scratch`` (CPU, ``2 * param.numel()`` elements) the cosine is computed there.
+    """
+    g2, p2 = grad.reshape(rows, -1), param.reshape(rows, -1)
+    if scratch is not None and _cosine_matches_torch(param.dtype):
+        cos = _cosine_in(g2, p2, eps, scratch).abs_()
+    else:
+        cos = F.cosine_similarity(g2, p2, dim=1, eps=eps).abs_()
     return bool(cos.max() < threshold)
+
+
+#: Below this many elements the reference's test itself is cheaper than ours (it is a few small
+#: ops either way), and whole-tensor operations cost no more than blocked ones.
+_SMALL = 1 << 14
+
+
+def _reference_kind(grad: Tensor, param: Tensor, delta: float, eps: float) -> str:
+    """The reference's test on both views, in its order (for small parameters)."""
+    rows, n = param.shape[0], param.numel()
+    if _reference_fires(grad, param, rows, eps, delta / math.sqrt(n // rows)):
+        return CHANNEL
+    if _reference_fires(grad, param, 1, eps, delta / math.sqrt(n)):
+        return LAYER
+    return NONE
 
 
 def _block_stats(gb: Tensor, wb: Tensor, tmp: Tensor, out: Tensor) -> None:
@@ -163,12 +218,18 @@ def _eps_as(eps: float, dtype: torch.dtype) -> float:
 
 
 def _decide_from_stats(
-    params: Sequence[Tensor], grads: Sequence[Tensor], stats: Sequence[Tensor], delta: float, eps: float
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    stats: Sequence[Tensor],
+    delta: float,
+    eps: float,
+    scratch: Optional[Callable[[Tensor, int], Tensor]] = None,
 ) -> List[str]:
     """Which view passes the test, per parameter: ``"channel"``, ``"layer"`` or ``"none"``.
 
     ``params`` are >1-D, non-empty, on one device with one dtype; ``stats`` their
-    :func:`_row_stats`. One host transfer for all of them.
+    :func:`_row_stats`. One host transfer for all of them. ``scratch(param, numel)`` lends a
+    CPU buffer to the reference formula where it has to decide.
     """
     table = stats[0] if len(stats) == 1 else torch.cat(list(stats), dim=1)
     if table.dtype == torch.bfloat16:  # numpy has no bfloat16; the conversion is exact
@@ -204,7 +265,8 @@ def _decide_from_stats(
             if finite[i] and math.isfinite(cos) and abs(cos - threshold) > margin:
                 fires = cos < threshold
             else:  # too close to call (or not finite): the reference's own formula decides
-                fires = _reference_fires(g, p, view_rows, eps, threshold)
+                buf = scratch(p, 2 * n) if scratch is not None and p.device.type == "cpu" else None
+                fires = _reference_fires(g, p, view_rows, eps, threshold, buf)
             if fires:
                 kind = view
                 break
@@ -218,10 +280,11 @@ def _decide(
     delta: float,
     eps: float,
     scratch: Optional[Tensor] = None,
+    fallback_scratch: Optional[Callable[[Tensor, int], Tensor]] = None,
 ) -> List[str]:
     """:func:`_decide_from_stats` on freshly computed sums."""
     stats = [_row_stats(g, p, scratch) for p, g in zip(params, grads)]
-    return _decide_from_stats(params, grads, stats, delta, eps)
+    return _decide_from_stats(params, grads, stats, delta, eps, fallback_scratch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,19 +292,27 @@ def _decide(
 # --------------------------------------------------------------------------------------------
 
 
-def _project_(update: Tensor, param: Tensor, kind: str, eps: float) -> None:
+def _project_(update: Tensor, param: Tensor, kind: str, eps: float, scratch: Optional[Tensor] = None) -> None:
     """Removes the component of ``update`` along ``param``, per row (channel) or for the whole tensor.
 
     The reference's operations in the reference's order (``w_n = w / (|w| + eps)``,
-    ``u -= w_n * sum(w_n * u)``), so the roundings are the same.
+    ``u -= w_n * sum(w_n * u)``), so the roundings are the same. With ``scratch`` (``2 * numel``
+    elements, same dtype and device) the two tensor-sized intermediates go there.
     """
     expand = [-1] + [1] * (param.dim() - 1)
     rows = param.shape[0] if kind == CHANNEL else 1
     # The reference's p.view(rows, -1).norm(dim=1), which is this reduction.
     scale = torch.linalg.vector_norm(param.reshape(rows, -1), dim=1).view(expand).add_(eps)
-    unit = param / scale
-    coef = (unit * update).reshape(rows, -1).sum(dim=1).view(expand)
-    update.sub_(unit * coef)
+    if scratch is None:
+        unit = param / scale
+        coef = (unit * update).reshape(rows, -1).sum(dim=1).view(expand)
+        update.sub_(unit * coef)
+        return
+    n = param.numel()
+    unit = torch.div(param, scale, out=scratch[:n].view(param.shape))
+    prod = torch.mul(unit, update, out=scratch[n : 2 * n].view(param.shape))
+    coef = prod.reshape(rows, -1).sum(dim=1).view(expand)
+    update.sub_(torch.mul(unit, coef, out=prod))
 
 
 def _project_rows_(ub: Tensor, pb: Tensor, norms: Tensor, eps: float, t1: Tensor, t2: Tensor) -> None:
@@ -390,7 +461,7 @@ class _ProjectedOptimizer(Optimizer):
 
     def __init__(self, params: Params, defaults: Dict[str, Any]) -> None:
         super().__init__(params, defaults)
-        self._buffers: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+        self._buffers: Dict[Tuple[Any, ...], Tensor] = {}
         #: Outcome of the scale-invariance test at the last step, per group and parameter:
         #: ``"channel"``, ``"layer"`` or ``"none"`` (never projected or not scale-invariant),
         #: ``None`` for parameters that had no gradient.
@@ -420,9 +491,18 @@ class _ProjectedOptimizer(Optimizer):
             self._buffers[key] = buf
         return buf
 
+    def _fallback_buffer(self, like: Tensor, numel: int) -> Tensor:
+        """A second reused CPU buffer, for the reference formula when it has to decide."""
+        key = ("fallback", like.device, like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, device=like.device, dtype=like.dtype)
+            self._buffers[key] = buf
+        return buf
+
     def _blocks(self, param: Tensor, *others: Tensor) -> Optional[_Blocks]:
         """Row blocks of a CPU parameter, or ``None`` to use whole-tensor operations."""
-        if param.device.type != "cpu" or param.numel() == 0 or not _position_independent(param.dtype):
+        if param.device.type != "cpu" or param.numel() < _SMALL or not _position_independent(param.dtype):
             return None
         if not all(t.is_contiguous() and t.shape == param.shape for t in (param,) + others):
             return None
@@ -457,9 +537,16 @@ class _ProjectedOptimizer(Optimizer):
             scratch = None
             if ps[0].device.type == "cpu":
                 scratch = self._buffer(ps[0], max(p.numel() for p in ps))
-            for i, kind in zip(multi, _decide(ps, [grads[i] for i in multi], delta, eps, scratch)):
+            decided = _decide(ps, [grads[i] for i in multi], delta, eps, scratch, self._fallback_buffer)
+            for i, kind in zip(multi, decided):
                 kinds[i] = kind
         return kinds
+
+    def _decide_one(self, p: Tensor, grad: Tensor, delta: float, eps: float) -> str:
+        """The test for one >1-D parameter on the whole-tensor path."""
+        if p.numel() < _SMALL:
+            return _reference_kind(grad, p, delta, eps)
+        return _decide([p], [grad], delta, eps, None, self._fallback_buffer)[0]
 
     def _batches_of(self, params: List[Tensor]) -> List[List[int]]:
         """Indices grouped by (device, dtype); on CPU consecutive small ones batched, large alone."""
@@ -516,8 +603,8 @@ class _ProjectedOptimizer(Optimizer):
     ) -> List[str]:
         raise NotImplementedError
 
-    @staticmethod
     def _finish_blocked(
+        self,
         blk: _Blocks,
         p: Tensor,
         update: Tensor,
@@ -532,8 +619,9 @@ class _ProjectedOptimizer(Optimizer):
         ``stats[2]`` holds the weight's row norms from the first pass, the same reductions over
         the same rows as the projection's.
         """
+        scratch = self._fallback_buffer(p, 2 * p.numel()) if kind == LAYER else None
         if kind == LAYER:  # needs whole-tensor sums: done on its own before the pass
-            _project_(update.view(p.shape), p, LAYER, eps)
+            _project_(update.view(p.shape), p, LAYER, eps, scratch)
         p2, u2 = blk.view(p), update
         for a, b in blk.blocks:
             pb, ub = p2[a:b], u2[a:b]
@@ -645,7 +733,7 @@ class AdamP(_ProjectedOptimizer):
         blk = self._blocks(p, grad, exp_avg, exp_avg_sq)
 
         if blk is None:  # the reference's sequence on whole tensors
-            kind = _decide([p], [grad], group["delta"], eps)[0] if tested else NONE
+            kind = self._decide_one(p, grad, group["delta"], eps) if tested else NONE
             exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / root_bc2).add_(eps)
@@ -680,7 +768,7 @@ class AdamP(_ProjectedOptimizer):
                 torch.div(mb, ub, out=ub)
         kind = NONE
         if stats is not None:
-            kind = _decide_from_stats([p], [grad], [stats], group["delta"], eps)[0]
+            kind = _decide_from_stats([p], [grad], [stats], group["delta"], eps, self._fallback_buffer)[0]
         # Pass 2: projection, weight decay, step.
         decay = 1 - lr * wd * (group["wd_ratio"] if kind != NONE else 1) if wd > 0 else None
         self._finish_blocked(blk, p, u2, kind, stats, eps, decay, lr / bias_correction1)
@@ -816,7 +904,7 @@ class SGDP(_ProjectedOptimizer):
         blk = self._blocks(p, grad, buf)
 
         if blk is None:  # the reference's sequence on whole tensors
-            kind = _decide([p], [grad], group["delta"], eps)[0] if tested else NONE
+            kind = self._decide_one(p, grad, group["delta"], eps) if tested else NONE
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             update = grad + momentum * buf if nesterov else buf  # the reference's aliasing
             if kind != NONE:
@@ -841,7 +929,7 @@ class SGDP(_ProjectedOptimizer):
                 torch.add(gb, torch.mul(bb, momentum, out=t0), out=u2[a:b])
         kind = NONE
         if stats is not None:
-            kind = _decide_from_stats([p], [grad], [stats], group["delta"], eps)[0]
+            kind = _decide_from_stats([p], [grad], [stats], group["delta"], eps, self._fallback_buffer)[0]
         decay = self._weight_factor(group, kind) if wd > 0 else None
         self._finish_blocked(blk, p, u2, kind, stats, eps, decay, group["lr"])
         return kind
