@@ -70,7 +70,7 @@ struct Features {
 };
 
 // Builds the features of one side. `query` selects the a-side (true) or b-side (false) form.
-//   csd / l2:  f = mu                         scalar = |mu|^2 (+ sum var for csd)
+// (csd and l2 need none: their features are the means, read in place by forward_inner_product.)
 //   w2:        f = [mu, sigma]                scalar = |mu|^2 + sum var
 //   kl (a):    f = [var + mu^2, mu]           scalar = -1/2 sum lv - D/2
 //   kl (b):    f = [1/(2 var), -mu/var]       scalar = 1/2 sum (mu^2/var + lv)
@@ -79,7 +79,7 @@ template <typename T>
 Features<T> forward_features(const Side<T>& s, Metric metric, bool query, int num_threads) {
   Features<T> f;
   const int64_t d = s.dim;
-  f.width = (metric == Metric::W2 || metric == Metric::KL) ? 2 * d : d;
+  f.width = 2 * d;
   f.data.resize(static_cast<size_t>(s.rows * f.width));
   f.scalar.resize(static_cast<size_t>(s.rows));
   parallel_for(0, s.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
@@ -89,8 +89,6 @@ Features<T> forward_features(const Side<T>& s, Metric metric, bool query, int nu
       double acc = 0;  // row scalars in double: they are the large terms that later cancel
       for (int64_t c = 0; c < d; ++c) {
         switch (metric) {
-          case Metric::CSD: out[c] = mu[c]; acc += double(mu[c]) * mu[c] + var[c]; break;
-          case Metric::L2: out[c] = mu[c]; acc += double(mu[c]) * mu[c]; break;
           case Metric::W2:
             out[c] = mu[c];
             out[d + c] = std::sqrt(var[c]);
@@ -119,28 +117,57 @@ Features<T> forward_features(const Side<T>& s, Metric metric, bool query, int nu
 template <typename T>
 T gemm_alpha(Metric metric) { return metric == Metric::KL ? T(1) : T(-2); }
 
+// Row scalars |mu|^2 (+ sum var when logvar is present) read straight through the views.
+template <typename T>
+std::vector<T> squared_norms(const MatrixView& mean, const MatrixView& logvar, int num_threads) {
+  std::vector<T> out(static_cast<size_t>(mean.rows));
+  parallel_for(0, mean.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t r = lo; r < hi; ++r) {
+      double acc = 0;
+      for (int64_t c = 0; c < mean.cols; ++c) {
+        const double m = load<T>(mean, r, c);
+        acc += m * m;
+        if (logvar.present()) acc += std::exp(double(load<T>(logvar, r, c)));
+      }
+      out[static_cast<size_t>(r)] = static_cast<T>(acc);
+    }
+  });
+  return out;
+}
+
 template <typename T>
 void forward_inner_product(const PairwiseForwardParams& p) {
   const int nt = p.num_threads;
+  const MatrixView& out = p.out;
+  const T alpha = gemm_alpha<T>(p.metric);
+  auto run = [&](const T* ra, const T* cb, int64_t k, GemmOperand<T> lhs, GemmOperand<T> rhs) {
+    auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
+      T* dst = static_cast<T*>(out.data) + r * out.row_stride + c0 * out.col_stride;
+      const T row = ra[r];
+      // The expanded form can dip below zero by rounding where the true distance is ~0.
+      if (out.col_stride == 1) {
+        for (int64_t t = 0; t < count; ++t) dst[t] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+      } else {
+        for (int64_t t = 0; t < count; ++t)
+          dst[t * out.col_stride] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+      }
+    };
+    gemm<T>(p.a_mean.rows, p.b_mean.rows, k, lhs, rhs, epilogue, nt);
+  };
+  if (p.metric == Metric::CSD || p.metric == Metric::L2) {
+    // The features are the means themselves: the GEMM reads them in place, no copies.
+    const bool with_var = p.metric == Metric::CSD;
+    const std::vector<T> ra = squared_norms<T>(p.a_mean, with_var ? p.a_logvar : MatrixView{}, nt);
+    const std::vector<T> cb = squared_norms<T>(p.b_mean, with_var ? p.b_logvar : MatrixView{}, nt);
+    const MatrixView &a = p.a_mean, &b = p.b_mean;
+    run(ra.data(), cb.data(), a.cols, {static_cast<const T*>(a.data), a.row_stride, a.col_stride},
+        {static_cast<const T*>(b.data), b.col_stride, b.row_stride});
+    return;
+  }
   const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
   const Features<T> fa = forward_features(a, p.metric, true, nt);
   const Features<T> fb = forward_features(b, p.metric, false, nt);
-  const T alpha = gemm_alpha<T>(p.metric);
-  const T* ra = fa.scalar.data();
-  const T* cb = fb.scalar.data();
-  const MatrixView& out = p.out;
-  auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
-    T* dst = static_cast<T*>(out.data) + r * out.row_stride + c0 * out.col_stride;
-    const T row = ra[r];
-    // The expanded form can dip below zero by rounding where the true distance is ~0.
-    if (out.col_stride == 1) {
-      for (int64_t t = 0; t < count; ++t) dst[t] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
-    } else {
-      for (int64_t t = 0; t < count; ++t)
-        dst[t * out.col_stride] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
-    }
-  };
-  gemm<T>(a.rows, b.rows, fa.width, fa.as_rows(), fb.as_columns(), epilogue, nt);
+  run(fa.scalar.data(), fb.scalar.data(), fa.width, fa.as_rows(), fb.as_columns());
 }
 
 template <typename T, typename Term>
