@@ -47,6 +47,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+#include "cpu/strided.h"
 #include "pcmekit/match_prob.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -55,16 +56,6 @@
 
 namespace pcmekit::cpu {
 namespace {
-
-template <typename T>
-T load(const MatrixView& v, int64_t r, int64_t c) {
-  return static_cast<const T*>(v.data)[r * v.row_stride + c * v.col_stride];
-}
-
-template <typename T>
-T& at(const MatrixView& v, int64_t r, int64_t c) {
-  return static_cast<T*>(v.data)[r * v.row_stride + c * v.col_stride];
-}
 
 // The scaled sums. kScaleExp: K, the sums hold exp(K) * S (exp(K) J^2 must not overflow).
 // kMinExpArg: exp is evaluated for arguments >= kMinExpArg only, so no term underflows into

@@ -13,20 +13,11 @@
 
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+#include "cpu/strided.h"
 #include "pcmekit/pairwise.h"
 
 namespace pcmekit::cpu {
 namespace {
-
-template <typename T>
-T load(const MatrixView& v, int64_t r, int64_t c) {
-  return static_cast<const T*>(v.data)[r * v.row_stride + c * v.col_stride];
-}
-
-template <typename T>
-T& store(const MatrixView& v, int64_t r, int64_t c) {
-  return static_cast<T*>(v.data)[r * v.row_stride + c * v.col_stride];
-}
 
 // One side's inputs copied into contiguous row-major [rows, D] arrays, with var = exp(lv).
 // Costs O(rows * D), negligible next to the pairwise work, and frees the kernels from strides.
@@ -186,7 +177,7 @@ void forward_direct(const PairwiseForwardParams& p, Term) {
           const T *mb = b.mu_row(j), *lb = b.lv_row(j), *vb = b.var_row(j);
           T acc = 0;
           for (int64_t c = 0; c < d; ++c) acc += Term::value(ma[c], la[c], va[c], mb[c], lb[c], vb[c]);
-          store<T>(p.out, i, j) = acc + offset;
+          at<T>(p.out, i, j) = acc + offset;
         }
       }
     }
@@ -286,8 +277,8 @@ void combine_gradients(const Side<T>& s, const std::vector<T>& prod, int64_t wid
             break;
           default: break;
         }
-        if (grad_mean.present()) store<T>(grad_mean, r, c) = gm;
-        if (grad_logvar.present()) store<T>(grad_logvar, r, c) = gl;
+        if (grad_mean.present()) at<T>(grad_mean, r, c) = gm;
+        if (grad_logvar.present()) at<T>(grad_logvar, r, c) = gl;
       }
     }
   });
@@ -338,8 +329,8 @@ void backward_direct_side(const Side<T>& self, const Side<T>& other, const Matri
         }
       }
       for (int64_t c = 0; c < d; ++c) {
-        if (grad_mean.present()) store<T>(grad_mean, r, c) = gm[static_cast<size_t>(c)];
-        if (grad_logvar.present()) store<T>(grad_logvar, r, c) = gl[static_cast<size_t>(c)];
+        if (grad_mean.present()) at<T>(grad_mean, r, c) = gm[static_cast<size_t>(c)];
+        if (grad_logvar.present()) at<T>(grad_logvar, r, c) = gl[static_cast<size_t>(c)];
       }
     }
   });
