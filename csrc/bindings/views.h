@@ -22,7 +22,7 @@ inline MatrixView to_view(const std::optional<ViewTuple>& t, const char* name) {
   MatrixView v;
   if (!t) return v;
   const auto& [ptr, rows, cols, rs, cs, dtype, device, index] = *t;
-  if (dtype < 0 || dtype > static_cast<int>(DType::BFloat16))
+  if (dtype < 0 || dtype > static_cast<int>(DType::Int64))
     throw TypeError(std::string(name) + ": unknown dtype code " + std::to_string(dtype));
   if (device < 0 || device > static_cast<int>(Device::CUDA))
     throw std::invalid_argument(std::string(name) + ": unknown device code " + std::to_string(device));

@@ -11,6 +11,7 @@ const char* dtype_name(DType dtype) {
     case DType::Float64: return "float64";
     case DType::Float16: return "float16";
     case DType::BFloat16: return "bfloat16";
+    case DType::Int64: return "int64";
   }
   return "unknown dtype";
 }

@@ -470,6 +470,7 @@ void visit_storage(DType dtype, F&& f) {
     case DType::Float64: return f(TypeTag<double>{});
     case DType::Float16: return f(TypeTag<__half>{});
     case DType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
+    case DType::Int64: break;
   }
   throw TypeError("pcmekit CUDA pairwise: unsupported dtype code " +
                   std::to_string(static_cast<int>(dtype)));

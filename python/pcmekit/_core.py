@@ -15,7 +15,7 @@ from . import _C
 
 __all__ = ["build_info", "cuda_available", "set_num_threads", "get_num_threads"]
 
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.int64: 4}
 _DEVICE_CODES = {"cpu": 0, "cuda": 1}
 _num_threads: Optional[int] = None
 

@@ -113,5 +113,14 @@ def pcmepp_style_loss(distance: torch.Tensor, scale: float = 5.0, shift: float =
 # modules (they build on the functions above); they are part of this namespace all the same.
 from .reference_loss import pcmepp_loss_reference  # noqa: E402
 from .reference_match import match_logprob_fast, match_logprob_naive, sample_gaussians  # noqa: E402
+from .reference_topk import topk_chunked, topk_naive, topk_scores  # noqa: E402
 
-__all__ += ["match_logprob_fast", "match_logprob_naive", "pcmepp_loss_reference", "sample_gaussians"]
+__all__ += [
+    "match_logprob_fast",
+    "match_logprob_naive",
+    "pcmepp_loss_reference",
+    "sample_gaussians",
+    "topk_chunked",
+    "topk_naive",
+    "topk_scores",
+]

@@ -16,7 +16,7 @@
 
 namespace pcmekit {
 
-enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3, Int64 = 4 };
 enum class Device : int { CPU = 0, CUDA = 1 };
 
 const char* dtype_name(DType dtype);
