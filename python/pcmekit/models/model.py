@@ -1,0 +1,116 @@
+"""`ProbVLModel`: an image encoder, a text encoder and a probabilistic head for each."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..embedding import ProbEmbedding
+from .encoders import CaptionEncoder, DigitImageEncoder, EncoderOutput
+from .heads import LOGVAR_BIAS_INIT, PIEHead, ProbHead
+
+__all__ = ["ProbVLModel", "build_digits_model"]
+
+
+def _encode(encoder: nn.Module, head: nn.Module, *inputs: Any) -> ProbEmbedding:
+    out = encoder(*inputs)
+    if isinstance(out, EncoderOutput):
+        return head(out.tokens, out.lengths, unc_features=out.unc_tokens)
+    if isinstance(out, torch.Tensor):
+        return head(out)
+    raise TypeError(f"ProbVLModel: an encoder must return an EncoderOutput or a feature tensor, got {type(out).__name__}")
+
+
+class ProbVLModel(nn.Module):
+    """Image and text encoders, each followed by a probabilistic head returning a ProbEmbedding.
+
+    Args:
+        image_encoder: ``images -> EncoderOutput`` (or a ``[B, C]`` / ``[B, L, C]`` tensor).
+        text_encoder: ``(tokens, lengths) -> EncoderOutput`` (or a tensor).
+        heads: ``(image_head, text_head)`` or ``{"image": ..., "text": ...}``; each is called as
+            ``head(features, lengths, unc_features=...)`` (:class:`ProbHead`, :class:`PIEHead`).
+
+    ``forward(images, tokens, lengths=None) -> (image ProbEmbedding [B_img, D], text ProbEmbedding
+    [B_txt, D])``; ``encode_image`` / ``encode_text`` run one side.
+    """
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module,
+                 heads: Union[Sequence[nn.Module], Mapping[str, nn.Module]]) -> None:
+        super().__init__()
+        if isinstance(heads, Mapping):
+            missing = {"image", "text"} - set(heads)
+            if missing:
+                raise ValueError(f"ProbVLModel heads mapping needs keys 'image' and 'text', missing {sorted(missing)}")
+            image_head, text_head = heads["image"], heads["text"]
+        else:
+            heads = list(heads)
+            if len(heads) != 2:
+                raise ValueError(f"ProbVLModel heads must be (image_head, text_head), got {len(heads)} modules")
+            image_head, text_head = heads
+        for name, m in (("image_encoder", image_encoder), ("text_encoder", text_encoder),
+                        ("image head", image_head), ("text head", text_head)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"ProbVLModel {name} must be an nn.Module, got {type(m).__name__}")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.image_head = image_head
+        self.text_head = text_head
+        #: How to rebuild this model (set by builders such as build_digits_model; saved in checkpoints).
+        self.config: Optional[Dict[str, Any]] = None
+
+    def encode_image(self, images: torch.Tensor) -> ProbEmbedding:
+        return _encode(self.image_encoder, self.image_head, images)
+
+    def encode_text(self, tokens: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> ProbEmbedding:
+        return _encode(self.text_encoder, self.text_head, tokens, lengths)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                lengths: Optional[torch.Tensor] = None) -> Tuple[ProbEmbedding, ProbEmbedding]:
+        return self.encode_image(images), self.encode_text(tokens, lengths)
+
+
+def build_digits_model(vocab_size: int, embed_dim: int = 32, width: int = 64, n_blocks: int = 1, heads: int = 4,
+                       head: str = "gpo", uncertainty_block: bool = True, max_len: int = 16,
+                       logvar_bias_init: float = LOGVAR_BIAS_INIT, seed: Optional[int] = None) -> ProbVLModel:
+    """The demo model: :class:`DigitImageEncoder` + :class:`CaptionEncoder` (``width`` channels,
+    ``n_blocks`` transformer blocks each, the last one doubled by an UncertaintyBlock when
+    ``uncertainty_block``), and a ``head`` per modality: "gpo" (:class:`ProbHead`, PCME++) or "pie"
+    (:class:`PIEHead`, PCME). ``seed`` makes the initialisation reproducible. The arguments are
+    stored in ``model.config`` so a checkpoint can rebuild the model."""
+    if head not in ("gpo", "pie"):
+        raise ValueError(f"build_digits_model head must be 'gpo' or 'pie', got {head!r}")
+    config = dict(vocab_size=vocab_size, embed_dim=embed_dim, width=width, n_blocks=n_blocks, heads=heads, head=head,
+                  uncertainty_block=uncertainty_block, max_len=max_len, logvar_bias_init=logvar_bias_init, seed=seed)
+    ctx = torch.random.fork_rng(devices=[]) if seed is not None else _nullcontext()
+    with ctx:
+        if seed is not None:
+            torch.manual_seed(seed)
+        image_encoder = DigitImageEncoder(width, n_blocks, heads, uncertainty_block=uncertainty_block)
+        text_encoder = CaptionEncoder(vocab_size, width, n_blocks, heads, max_len=max_len,
+                                      uncertainty_block=uncertainty_block)
+        if head == "gpo":
+            hs = [ProbHead(width, embed_dim, logvar_bias_init=logvar_bias_init) for _ in range(2)]
+        else:
+            hs = [PIEHead(width, embed_dim, logvar_bias_init=logvar_bias_init) for _ in range(2)]
+        model = ProbVLModel(image_encoder, text_encoder, hs)
+    model.config = {"builder": "digits", **config}
+    return model
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def build_model(config: Mapping[str, Any]) -> ProbVLModel:
+    """Rebuilds a model from its ``config`` (as stored in a checkpoint)."""
+    config = dict(config)
+    builder = config.pop("builder", None)
+    if builder != "digits":
+        raise ValueError(f"unknown model builder {builder!r} in the model config; expected 'digits'")
+    return build_digits_model(**config)
