@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/gemm.h"
+#include "cpu/inner_product.h"
 #include "cpu/parallel.h"
 #include "cpu/strided.h"
 #include "pcmekit/pairwise.h"
@@ -19,146 +20,34 @@
 namespace pcmekit::cpu {
 namespace {
 
-// One side's inputs copied into contiguous row-major [rows, D] arrays, with var = exp(lv).
-// Costs O(rows * D), negligible next to the pairwise work, and frees the kernels from strides.
-template <typename T>
-struct Side {
-  int64_t rows = 0, dim = 0;
-  std::vector<T> mu, lv, var;
+using inner::Features;
+using inner::InnerProductForm;
+using inner::Side;
+using inner::has_inner_product_form;
+using inner::inner_product_form;
 
-  Side(const MatrixView& mean, const MatrixView& logvar, int num_threads)
-      : rows(mean.rows), dim(mean.cols) {
-    const size_t count = static_cast<size_t>(rows * dim);
-    mu.resize(count);
-    lv.assign(count, T(0));
-    var.assign(count, T(1));
-    const bool has_logvar = logvar.present();
-    parallel_for(0, rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
-      for (int64_t r = lo; r < hi; ++r)
-        for (int64_t c = 0; c < dim; ++c) {
-          const size_t at = static_cast<size_t>(r * dim + c);
-          mu[at] = load<T>(mean, r, c);
-          if (has_logvar) {
-            lv[at] = load<T>(logvar, r, c);
-            var[at] = std::exp(lv[at]);
-          }
-        }
-    });
-  }
-  const T* mu_row(int64_t r) const { return mu.data() + r * dim; }
-  const T* lv_row(int64_t r) const { return lv.data() + r * dim; }
-  const T* var_row(int64_t r) const { return var.data() + r * dim; }
-};
-
-// Per-row features for the inner-product form, [rows, width] row-major, plus one row scalar.
-template <typename T>
-struct Features {
-  int64_t width = 0;
-  std::vector<T> data;   // [rows, width]
-  std::vector<T> scalar; // [rows]
-  GemmOperand<T> as_rows() const { return {data.data(), width, 1}; }     // [rows, width]
-  GemmOperand<T> as_columns() const { return {data.data(), 1, width}; }  // [width, rows]
-};
-
-// Builds the features of one side. `query` selects the a-side (true) or b-side (false) form.
-// (csd and l2 need none: their features are the means, read in place by forward_inner_product.)
-//   w2:        f = [mu, sigma]                scalar = |mu|^2 + sum var
-//   kl (a):    f = [var + mu^2, mu]           scalar = -1/2 sum lv - D/2
-//   kl (b):    f = [1/(2 var), -mu/var]       scalar = 1/2 sum (mu^2/var + lv)
-// so that  distance = scalar_a + scalar_b + alpha(metric) * <f_a, f_b>.
-template <typename T>
-Features<T> forward_features(const Side<T>& s, Metric metric, bool query, int num_threads) {
-  Features<T> f;
-  const int64_t d = s.dim;
-  f.width = 2 * d;
-  f.data.resize(static_cast<size_t>(s.rows * f.width));
-  f.scalar.resize(static_cast<size_t>(s.rows));
-  parallel_for(0, s.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const T *mu = s.mu_row(r), *lv = s.lv_row(r), *var = s.var_row(r);
-      T* out = f.data.data() + r * f.width;
-      double acc = 0;  // row scalars in double: they are the large terms that later cancel
-      for (int64_t c = 0; c < d; ++c) {
-        switch (metric) {
-          case Metric::W2:
-            out[c] = mu[c];
-            out[d + c] = std::sqrt(var[c]);
-            acc += double(mu[c]) * mu[c] + var[c];
-            break;
-          case Metric::KL:
-            if (query) {
-              out[c] = var[c] + mu[c] * mu[c];
-              out[d + c] = mu[c];
-              acc += -0.5 * lv[c] - 0.5;
-            } else {
-              out[c] = T(0.5) / var[c];
-              out[d + c] = -mu[c] / var[c];
-              acc += 0.5 * (double(mu[c]) * mu[c] / var[c] + lv[c]);
-            }
-            break;
-          default: break;
-        }
-      }
-      f.scalar[static_cast<size_t>(r)] = static_cast<T>(acc);
-    }
-  });
-  return f;
-}
-
-template <typename T>
-T gemm_alpha(Metric metric) { return metric == Metric::KL ? T(1) : T(-2); }
-
-// Row scalars |mu|^2 (+ sum var when logvar is present) read straight through the views.
-template <typename T>
-std::vector<T> squared_norms(const MatrixView& mean, const MatrixView& logvar, int num_threads) {
-  std::vector<T> out(static_cast<size_t>(mean.rows));
-  parallel_for(0, mean.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
-    for (int64_t r = lo; r < hi; ++r) {
-      double acc = 0;
-      for (int64_t c = 0; c < mean.cols; ++c) {
-        const double m = load<T>(mean, r, c);
-        acc += m * m;
-        if (logvar.present()) acc += std::exp(double(load<T>(logvar, r, c)));
-      }
-      out[static_cast<size_t>(r)] = static_cast<T>(acc);
-    }
-  });
-  return out;
-}
 
 template <typename T>
 void forward_inner_product(const PairwiseForwardParams& p) {
   const int nt = p.num_threads;
   const MatrixView& out = p.out;
-  const T alpha = gemm_alpha<T>(p.metric);
-  auto run = [&](const T* ra, const T* cb, int64_t k, GemmOperand<T> lhs, GemmOperand<T> rhs) {
-    auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
-      T* dst = static_cast<T*>(out.data) + r * out.row_stride + c0 * out.col_stride;
-      const T row = ra[r];
-      // The expanded form can dip below zero by rounding where the true distance is ~0.
-      if (out.col_stride == 1) {
-        for (int64_t t = 0; t < count; ++t) dst[t] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
-      } else {
-        for (int64_t t = 0; t < count; ++t)
-          dst[t * out.col_stride] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
-      }
-    };
-    gemm<T>(p.a_mean.rows, p.b_mean.rows, k, lhs, rhs, epilogue, nt);
+  const InnerProductForm<T> form =
+      inner_product_form<T>(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric, nt);
+  const T alpha = form.alpha;
+  const T* ra = form.row.data();
+  const T* cb = form.col.data();
+  auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
+    T* dst = static_cast<T*>(out.data) + r * out.row_stride + c0 * out.col_stride;
+    const T row = ra[r];
+    // The expanded form can dip below zero by rounding where the true distance is ~0.
+    if (out.col_stride == 1) {
+      for (int64_t t = 0; t < count; ++t) dst[t] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+    } else {
+      for (int64_t t = 0; t < count; ++t)
+        dst[t * out.col_stride] = std::max(row + cb[c0 + t] + alpha * acc[t], T(0));
+    }
   };
-  if (p.metric == Metric::CSD || p.metric == Metric::L2) {
-    // The features are the means themselves: the GEMM reads them in place, no copies.
-    const bool with_var = p.metric == Metric::CSD;
-    const std::vector<T> ra = squared_norms<T>(p.a_mean, with_var ? p.a_logvar : MatrixView{}, nt);
-    const std::vector<T> cb = squared_norms<T>(p.b_mean, with_var ? p.b_logvar : MatrixView{}, nt);
-    const MatrixView &a = p.a_mean, &b = p.b_mean;
-    run(ra.data(), cb.data(), a.cols, {static_cast<const T*>(a.data), a.row_stride, a.col_stride},
-        {static_cast<const T*>(b.data), b.col_stride, b.row_stride});
-    return;
-  }
-  const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
-  const Features<T> fa = forward_features(a, p.metric, true, nt);
-  const Features<T> fb = forward_features(b, p.metric, false, nt);
-  run(fa.scalar.data(), fb.scalar.data(), fa.width, fa.as_rows(), fb.as_columns());
+  gemm<T>(p.a_mean.rows, p.b_mean.rows, form.depth, form.lhs, form.rhs, epilogue, nt);
 }
 
 template <typename T, typename Term>
@@ -342,11 +231,6 @@ void backward_direct(const PairwiseBackwardParams& p, Term term) {
   const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
   backward_direct_side(a, b, p.grad_out, true, p.grad_a_mean, p.grad_a_logvar, nt, term);
   backward_direct_side(b, a, p.grad_out, false, p.grad_b_mean, p.grad_b_logvar, nt, term);
-}
-
-bool has_inner_product_form(Metric metric) {
-  return metric == Metric::CSD || metric == Metric::L2 || metric == Metric::W2 ||
-         metric == Metric::KL;
 }
 
 template <typename T>

@@ -1,16 +1,18 @@
 """pcmekit: fast kernels and a PyTorch layer for probabilistic cross-modal embeddings.
 
 Every input is a diagonal Gaussian (:class:`ProbEmbedding`); the kernels compute pairwise
-probabilistic distances on the CPU and on CUDA, forward and backward.
+probabilistic distances, Monte-Carlo match probabilities and top-k retrieval on the CPU and on
+CUDA.
 """
 
 from __future__ import annotations
 
-from . import losses, reference
+from . import losses, reference, retrieval
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
 from .montecarlo import match_logprob, match_prob
 from .ops import pairwise_distance
+from .retrieval import topk
 
 __version__: str = build_info()["version"]
 
@@ -24,6 +26,8 @@ __all__ = [
     "match_prob",
     "pairwise_distance",
     "reference",
+    "retrieval",
     "set_num_threads",
+    "topk",
     "__version__",
 ]
