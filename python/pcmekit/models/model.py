@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from ..embedding import ProbEmbedding
 from .encoders import CaptionEncoder, DigitImageEncoder, EncoderOutput
-from .heads import LOGVAR_BIAS_INIT, PIEHead, ProbHead
+from .heads import PIEHead, ProbHead
 
 __all__ = ["ProbVLModel", "build_digits_model"]
 
@@ -73,14 +74,26 @@ class ProbVLModel(nn.Module):
 
 def build_digits_model(vocab_size: int, embed_dim: int = 32, width: int = 64, n_blocks: int = 1, heads: int = 4,
                        head: str = "gpo", uncertainty_block: bool = True, max_len: int = 16,
-                       logvar_bias_init: float = LOGVAR_BIAS_INIT, seed: Optional[int] = None) -> ProbVLModel:
+                       logvar_bias_init: Optional[float] = None, seed: Optional[int] = None) -> ProbVLModel:
     """The demo model: :class:`DigitImageEncoder` + :class:`CaptionEncoder` (``width`` channels,
     ``n_blocks`` transformer blocks each, the last one doubled by an UncertaintyBlock when
     ``uncertainty_block``), and a ``head`` per modality: "gpo" (:class:`ProbHead`, PCME++) or "pie"
     (:class:`PIEHead`, PCME). ``seed`` makes the initialisation reproducible. The arguments are
-    stored in ``model.config`` so a checkpoint can rebuild the model."""
+    stored in ``model.config`` so a checkpoint can rebuild the model.
+
+    ``logvar_bias_init`` defaults to ``log(0.1 / embed_dim)`` here, not to the references' 0
+    (:data:`LOGVAR_BIAS_INIT`): they start from pretrained encoders whose positive pairs are already
+    close. Trained from scratch with D = 32, variance 1 per dimension puts the CSD's variance term
+    (sum over D of var_a + var_b = 64) far above the squared distance of two unit means (<= 4):
+    every logit ``-5 CSD + 5`` saturates near -300, only the matching pairs get a gradient, and the
+    means collapse onto one point within about ten steps (measured), where CSD's gradient vanishes.
+    ``log(0.1 / D)`` makes the variance term 0.2 at the start, a tenth of the typical squared
+    distance between unit means, so the means are learned first and the variances after.
+    """
     if head not in ("gpo", "pie"):
         raise ValueError(f"build_digits_model head must be 'gpo' or 'pie', got {head!r}")
+    if logvar_bias_init is None:
+        logvar_bias_init = math.log(0.1 / embed_dim)
     config = dict(vocab_size=vocab_size, embed_dim=embed_dim, width=width, n_blocks=n_blocks, heads=heads, head=head,
                   uncertainty_block=uncertainty_block, max_len=max_len, logvar_bias_init=logvar_bias_init, seed=seed)
     ctx = torch.random.fork_rng(devices=[]) if seed is not None else _nullcontext()
