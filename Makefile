@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make test   creates .venv, builds pcmekit, runs the test suite
-#   make demo   creates .venv, builds pcmekit, runs the benchmark demo
+#   make demo   creates .venv, builds pcmekit, runs `pcmekit demo` (train, evaluate, report in $(DEMO_OUT))
 # PCMEKIT_CUDA=AUTO|ON|OFF selects the CUDA back end (tests here run the CPU path, so OFF).
 
 PYTHON ?= python3
@@ -31,8 +31,7 @@ test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: build
-	$(VENV)/bin/pcmekit info
-	$(VENV)/bin/pcmekit bench pairwise --quick --out $(DEMO_OUT)
+	$(VENV)/bin/pcmekit demo --out $(DEMO_OUT)
 
 bench: build
 	$(VENV)/bin/pcmekit bench all --out results/bench

@@ -48,10 +48,14 @@ def _subset(split, n_images):
 def trained(data, tmp_path_factory):
     """A small model trained for a few seconds (InfoNCE: the fastest to leave chance level from
     scratch), checkpointed; shared by several tests."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    result = fit(_small_model(data), data.train, loss="infonce", epochs=5, lr=3e-3, checkpoint=path,
-                 progress=False)
+    try:
+        path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+        result = fit(_small_model(data), data.train, loss="infonce", epochs=5, lr=3e-3, checkpoint=path,
+                     progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return result, path
 
 
