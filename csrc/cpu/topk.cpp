@@ -138,6 +138,11 @@ inline void offer_run(RowHeaps<T>& heaps, int64_t r, int64_t first, int64_t coun
   for (; t < count && !heaps.full(r); ++t) heaps.offer(r, canonical(keys[t]), first + t);
   if (t == count) return;
   T worst = heaps.worst_key(r);
+  // Usually nothing in the run beats the worst survivor: a branch-free (vectorised) count says
+  // so at a fraction of a cycle per key, and the scalar loop below runs only when it does not.
+  int64_t hits = 0;
+  for (int64_t u = t; u < count; ++u) hits += keys[u] < worst;
+  if (hits == 0) return;
   for (; t < count; ++t) {
     if (keys[t] < worst) {  // false for NaN
       heaps.offer(r, keys[t], first + t);
