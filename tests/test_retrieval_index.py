@@ -129,6 +129,8 @@ def test_numpy_in_numpy_out_and_dtype_conversion():
     ref_v, ref_i = topk(*(torch.from_numpy(x).float() for x in (qm, ql, gm, gl)), 5, "w2")
     torch.testing.assert_close(torch.from_numpy(values), ref_v)
     assert np.array_equal(indices, ref_i.numpy())
+    none_v, none_i = index.search(qm[:0], ql[:0], 5)  # no queries: empty results of the right shape
+    assert none_v.shape == none_i.shape == (0, 5) and none_i.dtype == np.int64
 
 
 def test_prob_embedding_and_l2_without_logvar():

@@ -82,6 +82,7 @@ def _worker(rank: int, port: int, tmpdir: str) -> None:
         got = sharded.search(qm.numpy(), ql.numpy(), 6)
         assert isinstance(got[0], np.ndarray) and got[1].dtype == np.int64
         _check_same(got, single.search(qm, ql, 6))
+        _check_same(sharded.search(qm[:0], ql[:0], 6), single.search(qm[:0], ql[:0], 6))  # no queries
 
         # Exact ties across shards: rank 1's shard is a copy of rank 0's. Integer means and unit
         # variances make every distance an exact integer; the lower global index must come first.

@@ -377,8 +377,8 @@ class GalleryIndex:
 
     Storage grows by doubling its capacity (amortised O(1) copying per added row); search
     results index rows in the order they were added, from 0. ``len(index)`` is the number of
-    rows. The stored rows are readable (not writable) as :attr:`mean`, :attr:`logvar` and
-    :attr:`noise`.
+    rows. The stored rows can be read through :attr:`mean`, :attr:`logvar` and :attr:`noise`
+    (views of the storage: do not write to them).
 
     **File format** (:meth:`save` / :meth:`load`): an uncompressed numpy ``.npz`` archive with
 
@@ -456,7 +456,7 @@ class GalleryIndex:
 
     @property
     def mean(self) -> Optional[torch.Tensor]:
-        """The stored means ``[N, D]`` (a read-only view; None before the first add)."""
+        """The stored means ``[N, D]`` (a view of the storage; None before the first add)."""
         return None if self._mean is None else self._mean[: self._n]
 
     @property
