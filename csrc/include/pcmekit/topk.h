@@ -10,8 +10,9 @@
 // rounding: for the inner-product metrics the per-query constant is left out while ranking and
 // added to the k survivors only.
 //
-// NaN in the inputs is rejected by the Python layer; the kernels never crash on one (a NaN score
-// compares false, so it ranks after every number).
+// NaN in the inputs is rejected by the Python layer; the kernels never crash on one and rank a
+// NaN score last (the CPU kernel like +inf, the CUDA kernel after +inf; either way by index among
+// equals).
 //
 // Front end: core/topk.cpp (validation, device dispatch); kernels: cpu/topk.cpp, cuda/topk.cu.
 #pragma once
