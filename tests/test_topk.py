@@ -248,6 +248,14 @@ def test_bad_arguments_raise_clear_errors(call, error, match):
         call(inputs)
 
 
+def test_opposite_infinities_are_not_mistaken_for_nan():
+    inputs, _ = problem(5, 20, 4, seed=17)
+    g_mean = inputs[2].clone()
+    g_mean[0, 0], g_mean[1, 0] = float("inf"), -float("inf")  # their sum is NaN, no element is
+    values, _ = pcmekit.topk(inputs[0], inputs[1], g_mean, inputs[3], 20, "csd")
+    assert bool(torch.isinf(values[:, -2:]).all())
+
+
 @pytest.mark.parametrize("where", [0, 1, 2, 3])
 def test_nan_inputs_raise(where):
     inputs, _ = problem(5, 20, 4, seed=17)

@@ -26,9 +26,10 @@ SUITES: Dict[str, str] = {
     "loss": "pcmekit.bench.loss",
     "match_prob": "pcmekit.bench.match_prob",
     "optim": "pcmekit.bench.optim",
+    "topk": "pcmekit.bench.topk",
 }
 
-FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "notes"]
+FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "queries_per_s", "notes"]
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ def row(
     baseline: bool = False,
     flops: Optional[float] = None,
     peak_mb: Optional[float] = None,
+    queries_per_s: Optional[float] = None,
     notes: str = "",
 ) -> Dict[str, Any]:
     """One measurement in the harness's format."""
@@ -77,6 +79,7 @@ def row(
         "gflops": None if flops is None else flops / seconds / 1e9,
         "speedup": None,
         "peak_mb": peak_mb,
+        "queries_per_s": queries_per_s,
         "notes": notes,
     }
 
@@ -91,6 +94,9 @@ def _add_speedups(rows: List[Dict[str, Any]]) -> None:
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A plain-text table of the measurements."""
     headers = ["suite", "case", "impl", "ms", "GFLOP/s", "speed-up", "peak MB"]
+    with_rate = any(r.get("queries_per_s") is not None for r in rows)  # retrieval suites
+    if with_rate:
+        headers.append("queries/s")
 
     def fmt(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
@@ -105,6 +111,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
             fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
             fmt(r.get("peak_mb"), ".0f"),
         ]
+        + ([fmt(r.get("queries_per_s"), ".0f")] if with_rate else [])
         for r in rows
     ]
     widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(headers)]

@@ -1,5 +1,6 @@
 """Top-k retrieval over Gaussian embeddings."""
 
 from ._topk import topk
+from .index import GalleryIndex, ShardedIndex
 
-__all__ = ["topk"]
+__all__ = ["topk", "GalleryIndex", "ShardedIndex"]

@@ -104,9 +104,19 @@ def _check_k(k: Any, n: int, device: torch.device) -> int:
     return k
 
 
+def _has_nan(t: torch.Tensor) -> bool:
+    # A sum is NaN if any element is (or if +inf and -inf meet): one pass with no temporary, where
+    # isnan(t).any() would allocate a bool tensor the size of the gallery. Only a NaN sum is
+    # looked at element by element, in row blocks.
+    if not bool(torch.isnan(t.sum())):
+        return False
+    step = max(1, (1 << 22) // max(1, t.shape[-1]))
+    return any(bool(torch.isnan(t[i : i + step]).any()) for i in range(0, t.shape[0], step))
+
+
 def _check_finite(tensors: Tuple[Tuple[str, Optional[torch.Tensor]], ...]) -> None:
     for name, t in tensors:
-        if t is not None and t.numel() > 0 and bool(torch.isnan(t).any()):
+        if t is not None and t.numel() > 0 and _has_nan(t):
             raise ValueError(f"{name} contains NaN; top-k needs comparable scores (drop or fix those rows)")
 
 
