@@ -10,7 +10,7 @@ PCMEKIT_CUDA ?= OFF
 PYTEST_ARGS ?=
 DEMO_OUT ?= results/demo
 
-.PHONY: all env build test demo bench cuda-build clean
+.PHONY: all env build test typecheck demo bench cuda-build clean
 
 all: test
 
@@ -29,6 +29,9 @@ build: env
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+typecheck: env
+	$(PY) -m mypy
 
 demo: build
 	$(VENV)/bin/pcmekit info
