@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
-#   make test   creates .venv, builds pcmekit, runs the test suite
-#   make demo   creates .venv, builds pcmekit, runs the benchmark demo
+#   make test   creates .venv, builds the pcmekit wheel, installs it into .venv, runs the test suite
+#   make demo   the same set-up, then runs the benchmark demo
 # PCMEKIT_CUDA=AUTO|ON|OFF selects the CUDA back end (tests here run the CPU path, so OFF).
+# VENV=path uses another virtual environment (created if missing).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,8 +10,9 @@ PY := $(VENV)/bin/python
 PCMEKIT_CUDA ?= OFF
 PYTEST_ARGS ?=
 DEMO_OUT ?= results/demo
+WHEEL_DIR ?= dist
 
-.PHONY: all env build test typecheck demo bench cuda-build clean
+.PHONY: all env wheel build test typecheck demo bench cuda-build clean
 
 all: test
 
@@ -22,13 +24,24 @@ $(VENV)/.deps-stamp: scripts/requirements-dev.txt
 	$(PY) -m pip install --quiet -r scripts/requirements-dev.txt
 	touch $@
 
-# Non-editable install from a cached build folder (build/): rebuilds are incremental, and the
-# tests import the installed package, so a file missing from the wheel is caught.
-build: env
-	PCMEKIT_CUDA=$(PCMEKIT_CUDA) $(PY) -m pip install --quiet --no-build-isolation --no-deps .
+# The wheel, built from a cached build folder (build/<wheel tag>, see pyproject.toml), so
+# rebuilds are incremental. PCMEKIT_CUDA=OFF (the default here) gives the CPU wheel.
+wheel: env
+	rm -f $(WHEEL_DIR)/pcmekit-*.whl
+	PCMEKIT_CUDA=$(PCMEKIT_CUDA) $(PY) -m pip wheel --quiet --no-build-isolation --no-deps -w $(WHEEL_DIR) .
 
+# Installs that wheel (never the source tree) into $(VENV): the tests then exercise exactly what
+# users install, so a file missing from the wheel or an in-place-only step fails them.
+build: wheel
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/pcmekit-*.whl
+	$(PY) -m pip check
+
+# pytest runs from the repository root, which is on sys.path (python -m; mp.spawn'd test workers
+# import tests.* from there) while the source package is not (it lives in python/, and
+# --import-mode=importlib adds nothing): conftest.py stops the run unless pcmekit was imported
+# from $(VENV)'s site-packages.
 test: build
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	PCMEKIT_TEST_INSTALLED_IN=$(VENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 typecheck: env
 	$(PY) -m mypy
@@ -42,8 +55,9 @@ bench: build
 
 # Compile (not run) the CUDA back end for sm_90 in its own build folder; checks it imports.
 cuda-build: env
+	rm -f build/cuda-wheel/pcmekit-*.whl
 	PCMEKIT_CUDA=ON PCMEKIT_CUDA_ARCHS=90 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
 	  -Cbuild-dir=build/cuda -w build/cuda-wheel .
 
 clean:
-	rm -rf build results
+	rm -rf build results $(WHEEL_DIR)
