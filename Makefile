@@ -16,7 +16,7 @@ SANITIZE_DIR ?= build/sanitize
 SANITIZE_TESTS ?= tests/test_pairwise.py tests/test_match_prob.py
 CXX ?= g++
 
-.PHONY: all env wheel build test typecheck sanitize demo bench cuda-build clean
+.PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build clean
 
 all: test
 
@@ -46,6 +46,16 @@ build: wheel
 # from $(VENV)'s site-packages.
 test: build
 	PCMEKIT_TEST_INSTALLED_IN=$(VENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Which manylinux policy the wheel meets (auditwheel show) and its repaired, manylinux-tagged copy
+# in $(WHEEL_DIR)/repaired. Release wheels come from cibuildwheel's manylinux_2_28 images
+# ([tool.cibuildwheel] in pyproject.toml); this checks that the build links nothing a manylinux
+# wheel may not (the tag here follows this machine's glibc).
+audit: wheel
+	$(VENV)/bin/auditwheel show $(WHEEL_DIR)/pcmekit-*.whl
+	rm -rf $(WHEEL_DIR)/repaired
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair -w $(WHEEL_DIR)/repaired $(WHEEL_DIR)/pcmekit-*.whl
+	ls $(WHEEL_DIR)/repaired/pcmekit-*-manylinux_*.whl
 
 typecheck: env
 	$(PY) -m mypy
