@@ -51,6 +51,10 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     del config
     for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_cuda = "cuda" in item.keywords or (callspec is not None and callspec.params.get("device") == "cuda")
+        # The device shows in JUnit XML reports (scripts/gpu_check.sh counts CUDA tests by it).
+        item.user_properties.append(("device", "cuda" if on_cuda else "cpu"))
         if "cuda" in item.keywords and not pcmekit.cuda_available():
             item.add_marker(pytest.mark.skip(reason="no CUDA device (or pcmekit built without CUDA)"))
 
