@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
-#   make test   creates .venv, builds pcmekit, runs the test suite
-#   make demo   creates .venv, builds pcmekit, runs `pcmekit demo` (train, evaluate, report in $(DEMO_OUT))
+#   make test   creates .venv, builds the pcmekit wheel, installs it into .venv, runs the test suite
+#   make demo   the same set-up, then runs `pcmekit demo` (train, evaluate, report in $(DEMO_OUT))
 # PCMEKIT_CUDA=AUTO|ON|OFF selects the CUDA back end (tests here run the CPU path, so OFF).
+# VENV=path uses another virtual environment (created if missing).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,8 +10,13 @@ PY := $(VENV)/bin/python
 PCMEKIT_CUDA ?= OFF
 PYTEST_ARGS ?=
 DEMO_OUT ?= results/demo
+WHEEL_DIR ?= dist
+# make sanitize: its own build folder, and the kernel tests it runs
+SANITIZE_DIR ?= build/sanitize
+SANITIZE_TESTS ?= tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py
+CXX ?= g++
 
-.PHONY: all env build test demo bench cuda-build clean
+.PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build clean
 
 all: test
 
@@ -22,13 +28,56 @@ $(VENV)/.deps-stamp: scripts/requirements-dev.txt
 	$(PY) -m pip install --quiet -r scripts/requirements-dev.txt
 	touch $@
 
-# Non-editable install from a cached build folder (build/): rebuilds are incremental, and the
-# tests import the installed package, so a file missing from the wheel is caught.
-build: env
-	PCMEKIT_CUDA=$(PCMEKIT_CUDA) $(PY) -m pip install --quiet --no-build-isolation --no-deps .
+# The wheel, built from a cached build folder (build/<wheel tag>, see pyproject.toml), so
+# rebuilds are incremental. PCMEKIT_CUDA=OFF (the default here) gives the CPU wheel.
+wheel: env
+	rm -f $(WHEEL_DIR)/pcmekit-*.whl
+	PCMEKIT_CUDA=$(PCMEKIT_CUDA) $(PY) -m pip wheel --quiet --no-build-isolation --no-deps -w $(WHEEL_DIR) .
 
+# Installs that wheel (never the source tree) into $(VENV): the tests then exercise exactly what
+# users install, so a file missing from the wheel or an in-place-only step fails them.
+build: wheel
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/pcmekit-*.whl
+	$(PY) -m pip check
+
+# pytest runs from the repository root, which is on sys.path (python -m; mp.spawn'd test workers
+# import tests.* from there) while the source package is not (it lives in python/, and
+# --import-mode=importlib adds nothing): conftest.py stops the run unless pcmekit was imported
+# from $(VENV)'s site-packages.
 test: build
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	PCMEKIT_TEST_INSTALLED_IN=$(VENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Which manylinux policy the wheel meets (auditwheel show) and its repaired, manylinux-tagged copy
+# in $(WHEEL_DIR)/repaired. Release wheels come from cibuildwheel's manylinux_2_28 images
+# ([tool.cibuildwheel] in pyproject.toml); this checks that the build links nothing a manylinux
+# wheel may not (the tag here follows this machine's glibc).
+audit: wheel
+	$(VENV)/bin/auditwheel show $(WHEEL_DIR)/pcmekit-*.whl
+	rm -rf $(WHEEL_DIR)/repaired
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair -w $(WHEEL_DIR)/repaired $(WHEEL_DIR)/pcmekit-*.whl
+	ls $(WHEEL_DIR)/repaired/pcmekit-*-manylinux_*.whl
+
+typecheck: env
+	$(PY) -m mypy
+
+# The CPU extension with AddressSanitizer + UndefinedBehaviorSanitizer (its own build folder),
+# installed into $(SANITIZE_DIR)/site and imported from there by the kernel tests. Python is not
+# instrumented, so libasan must be preloaded, and libstdc++ with it: ASan looks up the real
+# __cxa_throw when it starts, and without libstdc++ loaded by then the first C++ exception (every
+# ValueError the core raises) aborts. Python's own allocations leak by design, hence no leak
+# check. Any ASan or UBSan report aborts the run.
+sanitize: env
+	PCMEKIT_CUDA=OFF $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
+	  -Cbuild-dir=$(SANITIZE_DIR)/build -Ccmake.build-type=RelWithDebInfo \
+	  -Ccmake.define.PCMEKIT_SANITIZE=ON -w $(SANITIZE_DIR)/wheel .
+	rm -rf $(SANITIZE_DIR)/site
+	$(PY) -m pip install --quiet --no-deps --target $(SANITIZE_DIR)/site $(SANITIZE_DIR)/wheel/pcmekit-*.whl
+	rm -f $(SANITIZE_DIR)/wheel/pcmekit-*.whl
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(SANITIZE_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(SANITIZE_DIR)/site \
+	  $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
 demo: build
 	$(VENV)/bin/pcmekit demo --out $(DEMO_OUT)
@@ -38,8 +87,9 @@ bench: build
 
 # Compile (not run) the CUDA back end for sm_90 in its own build folder; checks it imports.
 cuda-build: env
+	rm -f build/cuda-wheel/pcmekit-*.whl
 	PCMEKIT_CUDA=ON PCMEKIT_CUDA_ARCHS=90 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
 	  -Cbuild-dir=build/cuda -w build/cuda-wheel .
 
 clean:
-	rm -rf build results
+	rm -rf build results $(WHEEL_DIR)

@@ -2,8 +2,8 @@
 #
 # Architectures: CMAKE_CUDA_ARCHITECTURES if given, else the environment variable
 # PCMEKIT_CUDA_ARCHS (same syntax, e.g. "90" or "80-real;90-real;90-virtual"), else a default
-# that covers Turing through Hopper (and Blackwell where the toolkit knows it) with PTX for the
-# newest, so that future GPUs JIT-compile.
+# that follows the toolkit: Volta (CUDA < 13 only) and Turing through Hopper, Blackwell with
+# CUDA >= 12.8, and PTX for the newest, so that future GPUs JIT-compile.
 set(PCMEKIT_WITH_CUDA OFF)
 set(PCMEKIT_CUDA_ARCHS_STRING "")
 
@@ -27,9 +27,16 @@ if(NOT _pcmekit_cuda_mode STREQUAL "OFF")
     endif()
     enable_language(CUDA)
     if(_pcmekit_default_archs)
-      set(_archs 75-real 80-real 86-real 89-real 90-real)
+      # SASS for every architecture the toolkit still supports from Volta on, PTX for the newest
+      # (so GPUs newer than the toolkit JIT-compile it). A cubin runs on later minor versions of
+      # its major (sm_100 on sm_103, sm_120 on sm_121), so one per family is enough.
+      set(_archs)
+      if(CMAKE_CUDA_COMPILER_VERSION VERSION_LESS 13.0)
+        list(APPEND _archs 70-real)  # Volta (V100); CUDA 13 removed sm_70 and older
+      endif()
+      list(APPEND _archs 75-real 80-real 86-real 89-real 90-real)  # Turing .. Hopper
       if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.8)
-        list(APPEND _archs 100-real 120-real 120-virtual)
+        list(APPEND _archs 100-real 120-real 120-virtual)  # Blackwell (B200, RTX 50)
       else()
         list(APPEND _archs 90-virtual)
       endif()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,3 +71,26 @@ def test_thread_setting():
             pcmekit.set_num_threads(0)
     finally:
         pcmekit.set_num_threads(None)
+
+
+def test_package_ships_type_information():
+    # py.typed marks the package as typed (PEP 561); _C.pyi describes the compiled module. Run
+    # against the installed wheel (make test), this checks that both are in it.
+    package = Path(pcmekit.__file__).parent
+    assert (package / "py.typed").is_file()
+    assert (package / "_C.pyi").is_file()
+
+
+def test_stub_matches_compiled_module():
+    # Every public name of the compiled module is in _C.pyi and the stub invents none; the keys
+    # of build_config() are the stub's BuildConfig.
+    from pcmekit import _C
+
+    stub = ast.parse((Path(pcmekit.__file__).parent / "_C.pyi").read_text())
+    stubbed = {node.name: node for node in stub.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    config = stubbed.pop("BuildConfig")  # a TypedDict, not a name of the module
+    compiled = {name for name in dir(_C) if not name.startswith("_")}
+    assert compiled <= set(stubbed), f"add to python/pcmekit/_C.pyi: {sorted(compiled - set(stubbed))}"
+    assert set(stubbed) <= compiled, f"_C.pyi describes names _C lacks: {sorted(set(stubbed) - compiled)}"
+    keys = {node.target.id for node in config.body if isinstance(node, ast.AnnAssign)}
+    assert keys == set(_C.build_config())

@@ -213,6 +213,7 @@ def _good():
         (lambda a: (a[0].half(), a[1].half(), a[2].half(), a[3].half()), TypeError, r"a_mean has dtype torch.float16, which pcmekit supports on CUDA only"),
         (lambda a: (a[0], a[1], a[2].to("meta"), a[3]), ValueError, r"b_mean must be on a cpu or cuda device, got meta"),
         (lambda a: ([[1.0]], a[1], a[2], a[3]), TypeError, r"a_mean must be a torch.Tensor or numpy.ndarray, got list"),
+        (lambda a: (None, a[1], a[2], a[3]), TypeError, r"a_mean must be a torch.Tensor or numpy.ndarray, got NoneType"),
     ],
 )
 def test_bad_inputs(mutate, exc, pattern):

@@ -6,7 +6,7 @@ checks again (it must never trust its caller), but users see these first.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -109,16 +109,17 @@ def prepare_pair(
     """Converts and validates the two sides of a pairwise op. Returns the tensors and whether the
     inputs were numpy arrays (so the result should be too)."""
     names = ("a_mean", "a_logvar", "b_mean", "b_logvar")
-    converted = []
+    converted: List[Optional[torch.Tensor]] = []
     numpy_flags = []
     for name, x in zip(names, (a_mean, a_logvar, b_mean, b_logvar)):
-        if x is None:
+        if x is None and name.endswith("logvar"):  # a missing mean is as_tensor's TypeError
             converted.append(None)
             continue
         t, was_numpy = as_tensor(x, name)
         converted.append(t)
         numpy_flags.append(was_numpy)
     am, alv, bm, blv = converted
+    assert am is not None and bm is not None
     if needs_logvar and (alv is None or blv is None):
         missing = "a_logvar" if alv is None else "b_logvar"
         raise ValueError(f"metric '{metric}' needs a_logvar and b_logvar, but {missing} is None")

@@ -7,7 +7,7 @@ package sees plain Python functions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, overload
 
 import torch
 
@@ -30,7 +30,7 @@ def build_info() -> dict[str, Any]:
     ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
     or ``generic``) and ``num_threads`` (CPU threads the kernels use).
     """
-    info = dict(_C.build_config())
+    info: Dict[str, Any] = dict(_C.build_config())
     info["cuda_devices"] = _C.cuda_device_count()
     info["cuda_available"] = info["cuda_devices"] > 0
     info["num_threads"] = get_num_threads()
@@ -62,6 +62,12 @@ def get_num_threads() -> int:
     return _num_threads if _num_threads is not None else torch.get_num_threads()
 
 
+@overload
+def matrix_view(t: torch.Tensor) -> View: ...
+@overload
+def matrix_view(t: None) -> None: ...
+@overload
+def matrix_view(t: Optional[torch.Tensor]) -> Optional[View]: ...
 def matrix_view(t: Optional[torch.Tensor]) -> Optional[View]:
     """The core's description of a 2-D tensor (None stays None)."""
     if t is None:

@@ -10,7 +10,7 @@ Gaussians from given noise; its backward is the custom op ``pcmekit::match_logpr
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union, overload
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch
 from . import _C
 from ._checks import as_tensor, prepare_pair, unpack_pair
 from ._core import get_num_threads, matrix_view, stream_handle
+from .embedding import ProbEmbedding
 
 __all__ = ["match_prob", "match_logprob"]
 
@@ -104,6 +105,7 @@ def _match_logprob_backward_op(
     nobody needs (``needs[k]`` false) comes back as an empty tensor and is not computed."""
     grads = _backward_outputs(a_mean, b_mean, needs)
     flat_a, flat_b = _flat_eps(eps_a), _flat_eps(eps_b)
+    g_am, g_al, g_bm, g_bl, g_ss = (matrix_view(g) if need else None for g, need in zip(grads, needs))
     _C.match_prob_backward(
         matrix_view(grad_log_p),
         matrix_view(grad_log_q),
@@ -119,7 +121,11 @@ def _match_logprob_backward_op(
         float(scale),
         float(shift),
         squared,
-        *(matrix_view(g) if need else None for g, need in zip(grads, needs)),
+        g_am,
+        g_al,
+        g_bm,
+        g_bl,
+        g_ss,
         get_num_threads(),
         stream_handle(a_mean.device),
     )
@@ -231,6 +237,7 @@ def _prepare(
         if value is None:
             raise ValueError(f"match_prob needs {name} (the log-variances), got None")
     am, al, bm, bl, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, True, "match_prob")
+    assert al is not None and bl is not None  # prepare_pair raised otherwise (needs_logvar=True)
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if not isinstance(squared, bool):
@@ -258,6 +265,51 @@ def _prepare(
     return am, al, bm, bl, ea, eb, scale_t, shift_t, to_numpy
 
 
+# Typed call forms (the implementations below take them all): tensors or two ProbEmbeddings give
+# tensors, numpy arrays give arrays.
+@overload
+def match_logprob(
+    a_mean: ProbEmbedding,
+    a_logvar: ProbEmbedding,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> Tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def match_logprob(
+    a_mean: torch.Tensor,
+    a_logvar: torch.Tensor,
+    b_mean: torch.Tensor,
+    b_logvar: torch.Tensor,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> Tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def match_logprob(
+    a_mean: np.ndarray,
+    a_logvar: np.ndarray,
+    b_mean: np.ndarray,
+    b_logvar: np.ndarray,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> Tuple[np.ndarray, np.ndarray]: ...
 def match_logprob(
     a_mean: Any,
     a_logvar: Any = None,
@@ -317,6 +369,49 @@ def match_logprob(
     return log_p, log_q
 
 
+@overload
+def match_prob(
+    a_mean: ProbEmbedding,
+    a_logvar: ProbEmbedding,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> torch.Tensor: ...
+@overload
+def match_prob(
+    a_mean: torch.Tensor,
+    a_logvar: torch.Tensor,
+    b_mean: torch.Tensor,
+    b_logvar: torch.Tensor,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> torch.Tensor: ...
+@overload
+def match_prob(
+    a_mean: np.ndarray,
+    a_logvar: np.ndarray,
+    b_mean: np.ndarray,
+    b_logvar: np.ndarray,
+    *,
+    scale: Scalar,
+    shift: Scalar,
+    num_samples: int = ...,
+    eps_a: Optional[Array] = ...,
+    eps_b: Optional[Array] = ...,
+    generator: Optional[torch.Generator] = ...,
+    squared: bool = ...,
+) -> np.ndarray: ...
 def match_prob(
     a_mean: Any,
     a_logvar: Any = None,

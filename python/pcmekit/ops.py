@@ -7,7 +7,7 @@ so the ops work under autograd, ``torch.compile(fullgraph=True)`` and ``torch.li
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch
 from . import _C
 from ._checks import METRICS, check_metric, prepare_pair, unpack_pair
 from ._core import get_num_threads, matrix_view, stream_handle
+from .embedding import ProbEmbedding
 
 __all__ = ["pairwise_distance"]
 
@@ -69,6 +70,7 @@ def _pairwise_backward_op(
     as an empty tensor and is not computed."""
     grads = _empty_grads(a_mean, b_mean, needs)
     grad_out = grad_out.contiguous()  # keep the reference: the core only gets its pointer
+    g_am, g_al, g_bm, g_bl = (matrix_view(g) if need else None for g, need in zip(grads, needs))
     _C.pairwise_backward(
         METRICS.index(metric),
         matrix_view(grad_out),
@@ -76,7 +78,10 @@ def _pairwise_backward_op(
         matrix_view(a_logvar),
         matrix_view(b_mean),
         matrix_view(b_logvar),
-        *(matrix_view(g) if need else None for g, need in zip(grads, needs)),
+        g_am,
+        g_al,
+        g_bm,
+        g_bl,
         get_num_threads(),
         stream_handle(a_mean.device),
     )
@@ -118,6 +123,28 @@ def _pairwise_backward(ctx: Any, grad_out: torch.Tensor):
 _pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
 
 
+# Typed call forms (the implementation below takes them all): tensors or two ProbEmbeddings give
+# a tensor, numpy arrays give an array.
+@overload
+def pairwise_distance(
+    a_mean: ProbEmbedding, a_logvar: ProbEmbedding, b_mean: str = ..., b_logvar: None = ..., metric: str = ...
+) -> torch.Tensor: ...
+@overload
+def pairwise_distance(
+    a_mean: torch.Tensor,
+    a_logvar: Optional[torch.Tensor],
+    b_mean: torch.Tensor,
+    b_logvar: Optional[torch.Tensor] = ...,
+    metric: str = ...,
+) -> torch.Tensor: ...
+@overload
+def pairwise_distance(
+    a_mean: np.ndarray,
+    a_logvar: Optional[np.ndarray],
+    b_mean: np.ndarray,
+    b_logvar: Optional[np.ndarray] = ...,
+    metric: str = ...,
+) -> np.ndarray: ...
 def pairwise_distance(
     a_mean: Any,
     a_logvar: Any = None,

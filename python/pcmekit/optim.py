@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-try:  # the sentinel torch uses for "this hyper-parameter has no default"
+_required: Any  # the sentinel torch uses for "this hyper-parameter has no default"
+try:
     from torch.optim.optimizer import required as _required
 except ImportError:  # pragma: no cover - very old / very new torch
     _required = object()
@@ -239,6 +240,9 @@ def _decide_from_stats(
     with np.errstate(all="ignore"):
         row_cos = np.abs(t[0]) / np.maximum(t[1], eps_c) / np.maximum(t[2], eps_c)
         t[1:] *= t[1:]  # squared row norms, summed for the layer view
+        # one entry per parameter, as lists for one parameter and arrays for several
+        finite: Union[List[bool], np.ndarray]
+        channel: Union[List[Any], np.ndarray]
         if len(params) == 1:
             dot, gg, ww = t.sum(axis=1).tolist()  # an overflow or NaN anywhere shows in the sums
             finite = [math.isfinite(gg) and math.isfinite(ww)]
@@ -441,7 +445,7 @@ def _batches(tensors: Sequence[Tensor], limit: int) -> List[List[int]]:
     return out
 
 
-def _div_scalars_(tensors: List[Tensor], divisors: List[float]) -> None:
+def _div_scalars_(tensors: Union[List[Tensor], Tuple[Tensor, ...]], divisors: List[float]) -> None:
     """``t /= d`` for each pair with the rounding of ``t / d`` as a single-tensor op.
 
     torch's CUDA kernel divides by a Python scalar as ``t * (1 / d)`` with the reciprocal taken in
@@ -853,7 +857,7 @@ class SGDP(_ProjectedOptimizer):
     def __init__(
         self,
         params: Params,
-        lr: float = _required,  # type: ignore[assignment]
+        lr: float = _required,
         momentum: float = 0,
         dampening: float = 0,
         weight_decay: float = 0,
@@ -942,6 +946,7 @@ class SGDP(_ProjectedOptimizer):
         kinds = self._decide_multi(ps, gs, group["delta"], eps)
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, gs, alpha=1 - group["dampening"])
+        update: Union[List[Tensor], Tuple[Tensor, ...]]
         if group["nesterov"]:
             update = torch._foreach_add(gs, torch._foreach_mul(bufs, momentum))
         else:

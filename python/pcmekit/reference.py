@@ -76,14 +76,17 @@ def pairwise_distance_fast(
         b_sq = (b_mean * b_mean).sum(1)
         a_feat, b_feat = a_mean, b_mean
         if metric != "l2":
+            assert a_logvar is not None and b_logvar is not None  # every metric but l2 needs them
             a_sq = a_sq + a_logvar.exp().sum(1)
             b_sq = b_sq + b_logvar.exp().sum(1)
         if metric == "w2":
+            assert a_logvar is not None and b_logvar is not None
             a_feat = torch.cat([a_mean, torch.exp(a_logvar / 2)], 1)
             b_feat = torch.cat([b_mean, torch.exp(b_logvar / 2)], 1)
         # addmm fuses the row/column terms into the GEMM's output pass.
         return torch.addmm(a_sq[:, None] + b_sq[None, :], a_feat, b_feat.T, alpha=-2).clamp_min(0)
     if metric == "kl":
+        assert a_logvar is not None and b_logvar is not None
         inv_vb = torch.exp(-b_logvar)
         a_feat = torch.cat([a_logvar.exp() + a_mean * a_mean, a_mean], 1)
         b_feat = torch.cat([0.5 * inv_vb, -b_mean * inv_vb], 1)
@@ -91,6 +94,7 @@ def pairwise_distance_fast(
         col = 0.5 * (b_mean * b_mean * inv_vb + b_logvar).sum(1)
         return torch.addmm(row[:, None] + col[None, :], a_feat, b_feat.T).clamp_min(0)
     if metric in ("bhattacharyya", "elk"):
+        assert a_logvar is not None and b_logvar is not None
         chunks = [
             pairwise_distance_naive(
                 a_mean[i : i + chunk_size], a_logvar[i : i + chunk_size], b_mean, b_logvar, metric

@@ -36,6 +36,7 @@ def topk_scores(
     from .reference import match_logprob_fast, pairwise_distance_fast
 
     if metric == "match_prob":
+        assert q_logvar is not None and g_logvar is not None
         log_p, _ = match_logprob_fast(
             q_mean,
             q_logvar,

@@ -123,7 +123,7 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
         def base_step():
             for t in leaves + [scale, shift]:
                 t.grad = None
-            loss, _ = pcmepp_loss_reference(*leaves, scale, shift)
+            loss, _ = pcmepp_loss_reference(leaves[0], leaves[1], leaves[2], leaves[3], scale, shift)
             loss.backward()
 
         case = f"PCME++ loss B={b} D={D} fp32 fwd+bwd"
@@ -137,11 +137,11 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
                 t.grad = None
             distance(*leaves).backward(grad_out)
 
-        def ours_csd(*x):
-            return ops.pairwise_distance(*x, metric="csd")
+        def ours_csd(am, al, bm, bl):
+            return ops.pairwise_distance(am, al, bm, bl, metric="csd")
 
-        def base_csd(*x):
-            return reference.pairwise_distance_fast(*x, "csd")
+        def base_csd(am, al, bm, bl):
+            return reference.pairwise_distance_fast(am, al, bm, bl, "csd")
 
         flops = 6.0 * b * b * D  # one GEMM forward, two backward
         t_ours, t_base, t_ours_csd, t_base_csd = _interleaved_medians(

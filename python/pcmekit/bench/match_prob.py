@@ -67,7 +67,7 @@ def _loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return -(torch.where(eye, log_p, log_q)).sum()
 
 
-def _train_step(fn: Callable, inputs: Tuple[torch.Tensor, ...]) -> List[torch.Tensor]:
+def _train_step(fn: Callable, inputs: Tuple[torch.Tensor, ...]) -> List[Optional[torch.Tensor]]:
     leaves = [t.detach().requires_grad_() for t in inputs[:4]]
     _loss(*fn(*leaves, *inputs[4:])).backward()
     return [t.grad for t in leaves]
@@ -82,8 +82,9 @@ def _check(ours, base, truth, what: str) -> None:
                 raise AssertionError(f"{what}: {name} output {k} differs from float64 by {err:.2e}")
 
 
-def _check_grads(ours: List[torch.Tensor], base: List[torch.Tensor], what: str) -> None:
+def _check_grads(ours: List[Optional[torch.Tensor]], base: List[Optional[torch.Tensor]], what: str) -> None:
     for k, (go, gb) in enumerate(zip(ours, base)):
+        assert go is not None and gb is not None, f"{what}: gradient {k} missing"
         err = (go - gb).abs().max().item() / (gb.abs().max().item() + 1e-30)
         if err > 1e-3:
             raise AssertionError(f"{what}: gradient {k} differs between pcmekit and torch by {err:.2e}")
@@ -170,10 +171,8 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
         ours = _ours(*inputs)
         base = _base(*inputs)
         check = slice(0, 16)
-        truth = reference_match.match_logprob_fast(
-            *[t[check].double().cpu() for t in (inputs[0], inputs[1])],
-            *[t.double().cpu() for t in inputs[2:4]],
-            inputs[4][check].double().cpu(), inputs[5].double().cpu(), SCALE, SHIFT)
+        am, al, bm, bl, ea, eb = (t.double().cpu() for t in inputs)
+        truth = reference_match.match_logprob_fast(am[check], al[check], bm, bl, ea[check], eb, SCALE, SHIFT)
         _check([o[check] for o in ours], [b[check] for b in base], truth, "match_logprob")
         data_mb = _megabytes(*inputs) + _megabytes(*ours)  # inputs + eps + both outputs
         del ours, base
@@ -203,6 +202,7 @@ def _with_memory(case: str, dev: str, t_ours: float, t_base: float, flops: float
     out = []
     for impl, seconds, label in (("ours", t_ours, "pcmekit"), ("base", t_base, "torch (chunked GEMM)")):
         fn = _ours if impl == "ours" else _base
+        peak: Optional[float]
         if dev.startswith("cuda"):
             if backward:
                 peak = _peak_mb_cuda(lambda: _train_step(fn, inputs))

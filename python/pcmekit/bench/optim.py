@@ -30,7 +30,7 @@ import torch
 from ..optim import AdamP
 
 SUITE = "optim"
-HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+HYPER: Dict[str, Any] = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
 
 
 def resnet50_shapes(scale: float = 1.0, num_classes: int = 1000) -> List[Tuple[int, ...]]:
@@ -166,7 +166,7 @@ def run(quick: Any = False, repeats: int = 20, *, device: Optional[str] = None) 
 
         params: Dict[str, List[torch.nn.Parameter]] = {}
         optimizers: Dict[str, Any] = {}
-        makers = {
+        makers: Dict[str, Callable[[Any], torch.optim.Optimizer]] = {
             "pcmekit AdamP (foreach)": lambda ps: AdamP(ps, foreach=True, **HYPER),
             "pcmekit AdamP (per-tensor)": lambda ps: AdamP(ps, foreach=False, **HYPER),
         }

@@ -69,11 +69,11 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
         loss.backward()
         return loss, [t.grad for t in leaves]
 
-    def ours_fn(*x):
-        return ops.pairwise_distance(*x, metric="csd")
+    def ours_fn(am, al, bm, bl):
+        return ops.pairwise_distance(am, al, bm, bl, metric="csd")
 
-    def base_fn(*x):
-        return reference.pairwise_distance_fast(*x, "csd")
+    def base_fn(am, al, bm, bl):
+        return reference.pairwise_distance_fast(am, al, bm, bl, "csd")
 
     loss_o, grads_o = step(ours_fn)
     loss_b, grads_b = step(base_fn)

@@ -252,7 +252,10 @@ def prepare_batch(
     b_txt = [mt[2] for mt in metas]
     _check_not_empty(owner, sum(b_img), sum(b_txt))
 
+    g_img_logvar: Optional[torch.Tensor]
+    g_txt_logvar: Optional[torch.Tensor]
     if need_logvar:
+        assert img_logvar is not None and txt_logvar is not None  # _validate_local checked
         tensors = [img_mean, img_logvar, txt_mean, txt_logvar]
         rows = [[bi, bi, bt, bt] for bi, bt in zip(b_img, b_txt)]
         g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar = gather_rows(tensors, rows, rank)

@@ -113,6 +113,7 @@ class PCMELoss(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> Tuple[torch.Tensor, Dict[str, Any]]:
         batch = prepare_batch("PCMELoss", img, txt, matched, gather=self.gather)
+        assert batch.img_logvar is not None and batch.txt_logvar is not None  # need_logvar=True
         if self.gather:
             eps_img, eps_txt = self._global_noise(img, txt, eps_img, eps_txt, generator)
         else:

@@ -249,6 +249,7 @@ class PCMEPPLoss(torch.nn.Module):
         csd = pairwise_distance(batch.img_mean, batch.img_logvar, batch.txt_mean, batch.txt_logvar, metric="csd")
         loss, bce, pp, n_pseudo = _PCMEPPObjective.apply(csd, self.scale, self.shift, batch.matched, self.pp_weight)
 
+        assert batch.img_logvar is not None and batch.txt_logvar is not None  # prepare_batch checked
         kl_img = vib_kl(batch.img_mean, batch.img_logvar)
         kl_txt = vib_kl(batch.txt_mean, batch.txt_logvar)
         (used_img, dropped_img), (used_txt, dropped_txt) = drop_exploded_kl(kl_img), drop_exploded_kl(kl_txt)

@@ -1,0 +1,95 @@
+"""Type stubs for pcmekit._C, the compiled pybind11 core (csrc/bindings/*.cpp).
+
+Internal: the package calls these through ``pcmekit._core``, ``pcmekit.ops`` and
+``pcmekit.montecarlo``. Arrays cross the boundary as view tuples built by
+``pcmekit._core.matrix_view``; the core never allocates and never sees a torch object.
+
+Errors raised by every function: ``ValueError`` (shapes, devices, "built without CUDA support"),
+``TypeError`` (dtypes; the ``CoreTypeError`` subclass), ``RuntimeError`` (a failed CUDA call).
+The GIL is released while a kernel runs.
+"""
+
+from typing import Optional, Tuple, TypedDict
+
+# (data_ptr, rows, cols, row_stride, col_stride, dtype code, device code, device index).
+# Strides are in elements. dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16, 4 int64;
+# device codes: 0 cpu, 1 cuda.
+ViewTuple = Tuple[int, int, int, int, int, int, int, int]
+
+class CoreTypeError(TypeError):
+    """A dtype the core does not accept (raised as a TypeError subclass)."""
+
+class BuildConfig(TypedDict):
+    version: str
+    cuda_compiled: bool
+    cuda_archs: str  # comma-separated CMake architectures, "" without CUDA
+    cuda_runtime: Optional[str]  # CUDA runtime version the core was linked with, None without CUDA
+    cpu_simd: str  # "avx512", "avx2" or "generic": the CPU micro-kernel this machine gets
+    hardware_threads: int
+
+def pairwise_forward(
+    metric: int,  # index into pcmekit._checks.METRICS
+    a_mean: ViewTuple,  # [N, D]
+    a_logvar: Optional[ViewTuple],  # [N, D]; None for l2
+    b_mean: ViewTuple,  # [M, D]
+    b_logvar: Optional[ViewTuple],  # [M, D]; None for l2
+    out: ViewTuple,  # [N, M], written
+    num_threads: int,
+    stream: int,  # cudaStream_t as an integer; 0 on the CPU
+) -> None: ...
+def pairwise_backward(
+    metric: int,
+    grad_out: ViewTuple,  # [N, M]
+    a_mean: ViewTuple,  # [N, D]
+    a_logvar: Optional[ViewTuple],  # [N, D]
+    b_mean: ViewTuple,  # [M, D]
+    b_logvar: Optional[ViewTuple],  # [M, D]
+    grad_a_mean: Optional[ViewTuple],  # [N, D], written; None: not computed
+    grad_a_logvar: Optional[ViewTuple],  # [N, D]
+    grad_b_mean: Optional[ViewTuple],  # [M, D]
+    grad_b_logvar: Optional[ViewTuple],  # [M, D]
+    num_threads: int,
+    stream: int,
+) -> None: ...
+def match_prob_forward(
+    a_mean: ViewTuple,  # [N, D]
+    a_logvar: ViewTuple,  # [N, D]
+    b_mean: ViewTuple,  # [M, D]
+    b_logvar: ViewTuple,  # [M, D]
+    eps_a: ViewTuple,  # [N * J, D]: noise of row i, sample s at row i * J + s
+    eps_b: ViewTuple,  # [M * J, D]
+    num_samples: int,  # J
+    scale: float,
+    shift: float,
+    squared: bool,
+    log_p: ViewTuple,  # [N, M], written: log p
+    log_q: ViewTuple,  # [N, M], written: log(1 - p)
+    num_threads: int,
+    stream: int,
+) -> None: ...
+def match_prob_backward(
+    grad_log_p: Optional[ViewTuple],  # [N, M]; None: zero
+    grad_log_q: Optional[ViewTuple],  # [N, M]; None: zero
+    log_p: ViewTuple,  # [N, M], the forward's outputs
+    log_q: ViewTuple,  # [N, M]
+    a_mean: ViewTuple,  # [N, D]
+    a_logvar: ViewTuple,  # [N, D]
+    b_mean: ViewTuple,  # [M, D]
+    b_logvar: ViewTuple,  # [M, D]
+    eps_a: ViewTuple,  # [N * J, D]
+    eps_b: ViewTuple,  # [M * J, D]
+    num_samples: int,
+    scale: float,
+    shift: float,
+    squared: bool,
+    grad_a_mean: Optional[ViewTuple],  # [N, D], written; None: not computed
+    grad_a_logvar: Optional[ViewTuple],  # [N, D]
+    grad_b_mean: Optional[ViewTuple],  # [M, D]
+    grad_b_logvar: Optional[ViewTuple],  # [M, D]
+    grad_scale_shift: Optional[ViewTuple],  # [1, 2], written: (d scale, d shift)
+    num_threads: int,
+    stream: int,
+) -> None: ...
+def build_config() -> BuildConfig: ...
+def cuda_device_count() -> int:
+    """GPUs the CUDA runtime sees; 0 without CUDA support or without a driver."""
