@@ -90,6 +90,37 @@ def match_prob_backward(
     num_threads: int,
     stream: int,
 ) -> None: ...
+def topk(
+    score: int,  # 0 = distance (metric code below), 1 = match probability
+    metric: int,  # 0 csd, 1 w2, 2 l2, 3 kl, 4 bhattacharyya, 5 elk
+    q_mean: ViewTuple,  # [Q, D]
+    q_logvar: Optional[ViewTuple],  # [Q, D]; None for l2
+    g_mean: ViewTuple,  # [N, D]
+    g_logvar: Optional[ViewTuple],  # [N, D]; None for l2
+    eps_q: Optional[ViewTuple],  # [Q * J, D] (match probability only)
+    eps_g: Optional[ViewTuple],  # [N * J, D] (match probability only)
+    num_samples: int,  # J
+    scale: float,
+    shift: float,
+    squared: bool,
+    k: int,  # 1 <= k <= N (<= 1024 on CUDA)
+    values: ViewTuple,  # [Q, k], written: best first
+    indices: ViewTuple,  # [Q, k] int64, written
+    workspace: int,  # device pointer of topk_workspace_bytes(...) bytes (0 when none)
+    workspace_bytes: int,
+    num_threads: int,
+    stream: int,
+) -> None: ...
+def topk_workspace_bytes(
+    score: int,
+    metric: int,
+    q_mean: ViewTuple,
+    q_logvar: Optional[ViewTuple],
+    g_mean: ViewTuple,
+    g_logvar: Optional[ViewTuple],
+    num_samples: int,
+    k: int,
+) -> int: ...
 def build_config() -> BuildConfig: ...
 def cuda_device_count() -> int:
     """GPUs the CUDA runtime sees; 0 without CUDA support or without a driver."""

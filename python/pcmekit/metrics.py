@@ -218,7 +218,7 @@ def _per_query(ranked: np.ndarray, truth: _Truth, ks: Sequence[int], with_rp: bo
                       truth.items[truth.offsets[start]:truth.offsets[stop]])
         rel = _relevance(ranked, part, width)
         for K in ks:
-            out[f"R@{K}"].append(100.0 * rel[:, :K].any(axis=1))
+            out[f"R@{K}"].append(np.asarray(100.0 * rel[:, :K].any(axis=1)))
         if with_rp:
             r = counts[start:stop]
             hits = np.cumsum(rel, axis=1, dtype=np.int64)

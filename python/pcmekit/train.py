@@ -322,7 +322,8 @@ def _retrieve(query: ProbEmbedding, gallery: ProbEmbedding, k: int, metric: str,
     to the lower index; distances ascending, match probabilities descending (the fused top-k)."""
     from .retrieval import topk
 
-    return topk(query.mean, query.logvar, gallery.mean, gallery.logvar, k, metric, **match_kwargs)
+    values, indices = topk(query.mean, query.logvar, gallery.mean, gallery.logvar, k, metric, **match_kwargs)
+    return torch.as_tensor(values), torch.as_tensor(indices)
 
 
 def _metrics_of_rankings(split: Any, i2t: torch.Tensor, t2i: torch.Tensor, ks: Sequence[int],
@@ -360,7 +361,7 @@ def random_baseline(split: Any, *, seed: int = 0, ks: Sequence[int] = (1, 5, 10)
 
 
 @torch.no_grad()
-def encode_split(model: nn.Module, split: Any, batch_size: int = 1024) -> Tuple[ProbEmbedding, ProbEmbedding]:
+def encode_split(model: Any, split: Any, batch_size: int = 1024) -> Tuple[ProbEmbedding, ProbEmbedding]:
     """``(images, captions)`` ProbEmbeddings of a whole split, in eval mode."""
     was_training = model.training
     model.eval()
@@ -380,7 +381,8 @@ def _ranked(q: ProbEmbedding, g: ProbEmbedding, metric: str, criterion: Optional
         if criterion is None or not hasattr(criterion, "scale"):
             raise ValueError("metric='match_prob' needs the PCME loss module (its scale and shift)")
         gen = torch.Generator().manual_seed(seed)
-        kwargs = dict(scale=float(criterion.scale.detach()), shift=float(criterion.shift.detach()),
+        loss_module: Any = criterion
+        kwargs = dict(scale=float(loss_module.scale.detach()), shift=float(loss_module.shift.detach()),
                       eps_q=torch.randn(len(q), num_samples, q.dim, generator=gen, dtype=q.dtype),
                       eps_g=torch.randn(len(g), num_samples, g.dim, generator=gen, dtype=g.dtype))
     _, indices = _retrieve(q, g, len(g), metric, **kwargs)
@@ -438,7 +440,7 @@ def evaluate(
             # Identical captions have identical embeddings: also over distinct texts, once each.
             texts = getattr(split, "captions", None)
             if texts is not None:
-                first = {}
+                first: Dict[str, int] = {}
                 for j, t in enumerate(texts):
                     first.setdefault(t, j)
                 rows = torch.tensor(sorted(first.values()))

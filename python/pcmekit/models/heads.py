@@ -317,8 +317,9 @@ class UncertaintyBlock(nn.Module):
         self.uncertainty = copy.deepcopy(block)
         if init == "reset":
             for m in self.uncertainty.modules():
-                if m is not self.uncertainty and hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)
+                if m is not self.uncertainty and callable(reset):
+                    reset()
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.block(x, *args, **kwargs), self.uncertainty(x, *args, **kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -103,6 +103,7 @@ def build_digits_model(vocab_size: int, embed_dim: int = 32, width: int = 64, n_
         image_encoder = DigitImageEncoder(width, n_blocks, heads, uncertainty_block=uncertainty_block)
         text_encoder = CaptionEncoder(vocab_size, width, n_blocks, heads, max_len=max_len,
                                       uncertainty_block=uncertainty_block)
+        hs: List[nn.Module]
         if head == "gpo":
             hs = [ProbHead(width, embed_dim, logvar_bias_init=logvar_bias_init) for _ in range(2)]
         else:

@@ -6,7 +6,7 @@ under ``torch.compile`` and ``torch.library.opcheck``); :func:`topk` validates t
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def topk(
     needs_logvar = metric != "l2"
 
     names = ("q_mean", "q_logvar", "g_mean", "g_logvar")
-    tensors = []
+    tensors: List[Optional[torch.Tensor]] = []
     numpy_flags = []
     for name, x in zip(names, (q_mean, q_logvar, g_mean, g_logvar)):
         if x is None:
@@ -200,6 +200,8 @@ def topk(
         tensors.append(t)
         numpy_flags.append(was_numpy)
     qm, ql, gm, gl = tensors
+    if qm is None or gm is None:
+        raise TypeError(f"{'q_mean' if qm is None else 'g_mean'} is required, got None")
     if needs_logvar and (ql is None or gl is None):
         missing = "q_logvar" if ql is None else "g_logvar"
         raise ValueError(f"metric '{metric}' needs q_logvar and g_logvar, but {missing} is None")
@@ -237,6 +239,7 @@ def topk(
         if eg is None:
             eg = _draw_eps(gm.shape[0], j, d, qm, generator)
         if qm.dtype in (torch.float16, torch.bfloat16):
+            assert ql is not None and gl is not None  # needs_logvar
             qm, ql, gm, gl, eq, eg = (t.float() for t in (qm, ql, gm, gl, eq, eg))
     elif any(x is not None for x in (scale, shift, eps_q, eps_g)):
         raise ValueError(f"scale, shift and eps_q / eps_g are match_prob arguments; metric is '{metric}'")
