@@ -104,11 +104,20 @@ def unpack_pair(
 
 
 def prepare_pair(
-    a_mean: Any, a_logvar: Any, b_mean: Any, b_logvar: Any, needs_logvar: bool, metric: str
+    a_mean: Any,
+    a_logvar: Any,
+    b_mean: Any,
+    b_logvar: Any,
+    needs_logvar: bool,
+    metric: str,
+    sides: Tuple[str, str] = ("a", "b"),
+    rows: Tuple[str, str] = ("N", "M"),
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], bool]:
     """Converts and validates the two sides of a pairwise op. Returns the tensors and whether the
-    inputs were numpy arrays (so the result should be too)."""
-    names = ("a_mean", "a_logvar", "b_mean", "b_logvar")
+    inputs were numpy arrays (so the result should be too). ``sides`` and ``rows`` name the two
+    sides in messages (``("q", "g")`` and ``("Q", "N")`` for top-k)."""
+    a, b = sides
+    names = (f"{a}_mean", f"{a}_logvar", f"{b}_mean", f"{b}_logvar")
     converted: List[Optional[torch.Tensor]] = []
     numpy_flags = []
     for name, x in zip(names, (a_mean, a_logvar, b_mean, b_logvar)):
@@ -121,13 +130,13 @@ def prepare_pair(
     am, alv, bm, blv = converted
     assert am is not None and bm is not None
     if needs_logvar and (alv is None or blv is None):
-        missing = "a_logvar" if alv is None else "b_logvar"
-        raise ValueError(f"metric '{metric}' needs a_logvar and b_logvar, but {missing} is None")
-    check_gaussians(am, alv, "a_mean", "a_logvar", "N")
-    check_gaussians(bm, blv, "b_mean", "b_logvar", "M")
+        missing = names[1] if alv is None else names[3]
+        raise ValueError(f"metric '{metric}' needs {names[1]} and {names[3]}, but {missing} is None")
+    check_gaussians(am, alv, names[0], names[1], rows[0])
+    check_gaussians(bm, blv, names[2], names[3], rows[1])
     if bm.shape[1] != am.shape[1]:
         raise ValueError(
-            f"b_mean must have shape [M, D] with D == a_mean's D ({am.shape[1]}), got {list(bm.shape)}"
+            f"{names[2]} must have shape [{rows[1]}, D] with D == {names[0]}'s D ({am.shape[1]}), got {list(bm.shape)}"
         )
     check_same(list(zip(names, converted)))
     if any(numpy_flags) and not all(numpy_flags):

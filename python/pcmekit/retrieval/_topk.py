@@ -6,13 +6,13 @@ under ``torch.compile`` and ``torch.library.opcheck``); :func:`topk` validates t
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .. import _C
-from .._checks import METRICS, as_tensor, check_gaussians, check_same
+from .._checks import METRICS, prepare_pair
 from .._core import get_num_threads, matrix_view, stream_handle
 from ..embedding import ProbEmbedding
 from ..montecarlo import _check_eps, _draw_eps, _scalar
@@ -189,30 +189,9 @@ def topk(
     match = metric == "match_prob"
     needs_logvar = metric != "l2"
 
-    names = ("q_mean", "q_logvar", "g_mean", "g_logvar")
-    tensors: List[Optional[torch.Tensor]] = []
-    numpy_flags = []
-    for name, x in zip(names, (q_mean, q_logvar, g_mean, g_logvar)):
-        if x is None:
-            tensors.append(None)
-            continue
-        t, was_numpy = as_tensor(x, name)
-        tensors.append(t)
-        numpy_flags.append(was_numpy)
-    qm, ql, gm, gl = tensors
-    if qm is None or gm is None:
-        raise TypeError(f"{'q_mean' if qm is None else 'g_mean'} is required, got None")
-    if needs_logvar and (ql is None or gl is None):
-        missing = "q_logvar" if ql is None else "g_logvar"
-        raise ValueError(f"metric '{metric}' needs q_logvar and g_logvar, but {missing} is None")
-    check_gaussians(qm, ql, "q_mean", "q_logvar", "Q")
-    check_gaussians(gm, gl, "g_mean", "g_logvar", "N")
-    if gm.shape[1] != qm.shape[1]:
-        raise ValueError(f"g_mean must have shape [N, D] with D == q_mean's D ({qm.shape[1]}), got {list(gm.shape)}")
-    check_same(list(zip(names, tensors)))
-    if any(numpy_flags) and not all(numpy_flags):
-        raise TypeError("pass either all numpy arrays or all torch tensors, not a mix")
-    to_numpy = bool(numpy_flags) and all(numpy_flags)
+    qm, ql, gm, gl, to_numpy = prepare_pair(
+        q_mean, q_logvar, g_mean, g_logvar, needs_logvar, metric, sides=("q", "g"), rows=("Q", "N")
+    )
     if not needs_logvar:
         ql = gl = None
     k = _check_k(k, gm.shape[0], gm.device)
@@ -246,8 +225,13 @@ def topk(
 
     inputs = (("q_mean", qm), ("q_logvar", ql), ("g_mean", gm), ("g_logvar", gl))
     _check_finite(inputs + (("eps_q", eq), ("eps_g", eg)))
-    qm, ql, gm, gl = (None if t is None else t.detach() for _, t in inputs)
-    values, indices = _topk_op(qm, ql, gm, gl, eq, eg, k, metric, scale_f, shift_f, squared)
+    values, indices = _topk_op(
+        qm.detach(),
+        None if ql is None else ql.detach(),
+        gm.detach(),
+        None if gl is None else gl.detach(),
+        eq, eg, k, metric, scale_f, shift_f, squared,
+    )
     if to_numpy:
         return values.numpy(), indices.numpy()
     return values, indices
