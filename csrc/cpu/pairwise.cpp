@@ -13,6 +13,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/inner_product.h"
+#include "cpu/memory.h"
 #include "cpu/parallel.h"
 #include "cpu/strided.h"
 #include "pcmekit/pairwise.h"
@@ -249,6 +250,8 @@ void backward_typed(const PairwiseBackwardParams& p) {
 
 void pairwise_forward(const PairwiseForwardParams& p) {
   if (p.out.empty()) return;
+  if (p.out.col_stride == 1 && p.out.row_stride == p.out.cols)  // one contiguous block
+    advise_huge_pages(p.out.data, p.out.rows * p.out.cols * (p.a_mean.dtype == DType::Float64 ? 8 : 4));
   if (p.a_mean.dtype == DType::Float64) return forward_typed<double>(p);
   forward_typed<float>(p);
 }
