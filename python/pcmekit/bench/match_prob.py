@@ -19,9 +19,6 @@ torch's allocator statistics (``max_memory_allocated`` above the memory in use b
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -30,6 +27,7 @@ import torch
 from .. import reference_match
 from ..montecarlo import match_logprob
 from . import BenchConfig, median_time, row
+from ._memory import cuda_peak_mb, peak_rss_mb
 
 SUITE = "match_prob"
 SCALE = SHIFT = 30.0
@@ -90,70 +88,20 @@ def _check_grads(ours: List[Optional[torch.Tensor]], base: List[Optional[torch.T
             raise AssertionError(f"{what}: gradient {k} differs between pcmekit and torch by {err:.2e}")
 
 
-_CHILD = r"""
-import json, resource, sys
-import torch
-import pcmekit
-from pcmekit.bench import match_prob as suite
+def memory_workload(args: Dict[str, Any], small: bool) -> Callable[[], Any]:
+    """The call whose peak memory is measured (bench/_memory.py): it makes its inputs and noise
+    too, so they are counted along with the outputs and every temporary."""
+    q, n, d, j = (8, 8, 16, 2) if small else (args["q"], args["n"], args["d"], args["j"])
+    fn = _ours if args["impl"] == "ours" else _base
 
-def rss_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
+    def run() -> Any:
+        inputs = make_inputs(q, n, d, j, "cpu")
+        if args["backward"]:
+            return _train_step(fn, inputs)
+        with torch.no_grad():
+            return fn(*inputs)
 
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-pcmekit.set_num_threads(args["threads"])
-# Warm both code paths on a tiny problem: one-time costs (thread pools, code pages) are not
-# the op's memory.
-small = suite.make_inputs(8, 8, 16, 2, "cpu")
-fn = suite._ours if args["impl"] == "ours" else suite._base
-if args["backward"]:
-    suite._train_step(fn, small)
-else:
-    with torch.no_grad():
-        fn(*small)
-del small
-method = "VmHWM"
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-except OSError:
-    method = "ru_maxrss"
-before = rss_kb("VmRSS")
-inputs = suite.make_inputs(args["q"], args["n"], args["d"], args["j"], "cpu")
-if args["backward"]:
-    suite._train_step(fn, inputs)
-else:
-    with torch.no_grad():
-        out = fn(*inputs)
-peak = rss_kb("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_kb": peak - before, "method": method}))
-"""
-
-
-def _peak_mb_cpu(impl: str, q: int, n: int, d: int, j: int, backward: bool) -> Tuple[Optional[float], str]:
-    """Peak RSS (MB) of one call in a fresh interpreter, above its size before the inputs."""
-    args = json.dumps({"impl": impl, "q": q, "n": n, "d": d, "j": j, "backward": backward,
-                       "threads": torch.get_num_threads()})
-    try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True,
-                              timeout=1800, env=dict(os.environ))
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        return result["peak_kb"] * 1024 / 1e6, result["method"]
-    except Exception as err:  # noqa: BLE001 - report, do not abort the timings
-        return None, f"peak RSS not measured ({type(err).__name__})"
-
-
-def _peak_mb_cuda(fn: Callable[[], Any]) -> float:
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 1e6
+    return run
 
 
 def _megabytes(*tensors: torch.Tensor) -> float:
@@ -205,14 +153,15 @@ def _with_memory(case: str, dev: str, t_ours: float, t_base: float, flops: float
         peak: Optional[float]
         if dev.startswith("cuda"):
             if backward:
-                peak = _peak_mb_cuda(lambda: _train_step(fn, inputs))
+                peak = cuda_peak_mb(lambda: _train_step(fn, inputs))
             else:
                 with torch.no_grad():
-                    peak = _peak_mb_cuda(lambda: fn(*inputs))
+                    peak = cuda_peak_mb(lambda: fn(*inputs))
             how = "CUDA allocator peak above inputs"
         else:
-            peak, how = _peak_mb_cpu(impl, *size, J, backward)
-            how = f"peak RSS ({how})"
+            q, n, d = size
+            work = {"impl": impl, "q": q, "n": n, "d": d, "j": J, "backward": backward}
+            peak, how = peak_rss_mb(__name__, work, timeout=1800)
         ratio = "" if peak is None else f"; {peak / data_mb:.2f}x inputs+eps+outputs"
         out.append(row(SUITE, case, label, seconds, baseline=impl == "base", flops=flops, peak_mb=peak,
                        notes=f"{how}; inputs+eps+outputs {data_mb:.0f} MB{ratio}"))

@@ -29,9 +29,6 @@ it is the allocator's peak above the memory in use before the call.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -40,6 +37,7 @@ import torch
 from .. import reference
 from ..retrieval import topk
 from . import BenchConfig, median_time, row
+from ._memory import cuda_peak_mb, peak_rss_mb
 
 SUITE = "topk"
 K = 10
@@ -145,75 +143,25 @@ def check_agreement(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], input
 
 
 # ---------------------------------------------------------------------------------------------
-# Peak memory.
-
-_CHILD = r"""
-import json, resource, sys
-import torch
-import pcmekit
-from pcmekit.bench import topk as suite
-
-def status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-pcmekit.set_num_threads(args["threads"])
-# Warm the code path on a tiny problem: one-time costs (thread pools, code pages, lazy imports)
-# are not the search's memory.
-small = suite.make_inputs(16, 64, 8, seed=1)
-if args["impl"] == "faiss":
-    faiss = suite.faiss_module()
-    suite.FaissCSD(faiss, small[2], small[3])(small[0], small[1])
-else:
-    fn = suite.ours if args["impl"] == "ours" else suite.baseline
-    with torch.no_grad():
-        fn(*small)
-del small
-inputs = suite.make_inputs(args["q"], args["n"], args["d"])
-if args["impl"] == "faiss":
-    index = suite.FaissCSD(faiss, inputs[2], inputs[3])
-    run = lambda: index(inputs[0], inputs[1])
-else:
-    run = lambda: fn(*inputs)
-method = "VmHWM"
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-except OSError:
-    method = "ru_maxrss"
-before = status_kb("VmRSS")
-with torch.no_grad():
-    out = run()
-peak = status_kb("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_kb": peak - before, "method": method}))
-"""
+# Peak memory (bench/_memory.py): the search counts, its inputs and the faiss index do not.
 
 
-def _peak_mb_cpu(impl: str, q: int, n: int, d: int) -> Tuple[Optional[float], str]:
-    """Peak RSS growth (MB) of one call in a fresh interpreter, after its inputs exist."""
-    args = json.dumps({"impl": impl, "q": q, "n": n, "d": d, "threads": torch.get_num_threads()})
-    try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True,
-                              timeout=3600, env=dict(os.environ))
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        return result["peak_kb"] * 1024 / 1e6, f"peak RSS growth in a subprocess ({result['method']})"
-    except Exception as err:  # noqa: BLE001 - report, do not abort the timings
-        return None, f"peak memory not measured ({type(err).__name__})"
+def memory_workload(args: Dict[str, Any], small: bool) -> Callable[[], Any]:
+    """Builds the inputs (and the faiss index) of one contender, returns the call to measure."""
+    q, n, d = (16, 64, 8) if small else (args["q"], args["n"], args["d"])
+    inputs = make_inputs(q, n, d, seed=1 if small else 0)
+    if args["impl"] == "faiss":
+        index = FaissCSD(faiss_module(), inputs[2], inputs[3])
+        call = lambda: index(inputs[0], inputs[1])  # noqa: E731
+    else:
+        fn = ours if args["impl"] == "ours" else baseline
+        call = lambda: fn(*inputs)  # noqa: E731
 
+    def run() -> Any:
+        with torch.no_grad():
+            return call()
 
-def _peak_mb_cuda(fn: Callable[[], Any]) -> Tuple[float, str]:
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 1e6, "CUDA allocator peak above the inputs"
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,9 +216,10 @@ def _run_case(config: BenchConfig, q: int, n: int, d: int, faiss: Optional[Any])
             seconds = median_time(lambda: fn(qm, ql), config.repeats, config.warmup, dev)
         peak: Optional[float]
         if on_cuda:
-            peak, how = _peak_mb_cuda(lambda: fn(qm, ql))
+            with torch.no_grad():
+                peak, how = cuda_peak_mb(lambda: fn(qm, ql)), "CUDA allocator peak above the inputs"
         else:
-            peak, how = _peak_mb_cpu(impl, q, n, d)
+            peak, how = peak_rss_mb(__name__, {"impl": impl, "q": q, "n": n, "d": d}, timeout=3600)
         notes = "; ".join(x for x in (note, how, agreement) if x)
         rows.append(row(SUITE, case, name, seconds, baseline=impl == "base", flops=flops, peak_mb=peak,
                         queries_per_s=q / seconds, notes=notes))
