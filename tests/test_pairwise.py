@@ -78,6 +78,53 @@ def test_backward_matches_oracle(metric, n, m, d, device):
         torch.testing.assert_close(mine.grad.cpu(), theirs.grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_backward_float32_error_within_policy(metric, device):
+    # The float32 gradients against the float64 oracle: at most twice the error of autograd
+    # through PyTorch's own fastest float32 form, plus a floor.
+    inputs64 = pair(130, 70, 45, device=device, seed=13)
+    weight = torch.randn(130, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def grads(fn, inputs):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        (fn(*leaves).double().cpu() * weight).sum().backward()
+        return [t.grad.double().cpu() if t.grad is not None else None for t in leaves]
+
+    truth = grads(lambda *x: pairwise_distance_naive(*x, metric), [t.cpu() for t in inputs64])
+    inputs32 = [t.float() for t in inputs64]
+    ours = grads(lambda *x: pcmekit.pairwise_distance(*x, metric=metric), inputs32)
+    base = grads(lambda *x: pairwise_distance_fast(*x, metric), inputs32)
+    for mine, theirs, exact in zip(ours, base, truth):
+        if exact is None or mine is None:
+            continue
+        our_err = (mine - exact).abs().max().item()
+        torch_err = (theirs - exact).abs().max().item()
+        assert our_err <= 2 * torch_err + 1e-5 * exact.abs().max().item(), (our_err, torch_err)
+
+
+def test_float32_logvar_gradient_is_exp_within_one_ulp():
+    # With one incoming gradient of 1 per row, d csd / d a_logvar is exp(a_logvar) times exactly
+    # 1, so this reads the CPU kernel's vectorised exp off directly: across the whole range where
+    # float32 exp is normal, plus the edges it hands to the C library (subnormal, overflow, NaN).
+    grid = torch.linspace(-87.0, 88.0, 250_000, dtype=torch.float64)
+    edges = torch.tensor([-150.0, -103.0, -87.5, -87.01, 88.01, 88.7, 88.8, 200.0, float("inf"),
+                          float("-inf"), float("nan"), 0.0, -0.0, 1e-30])
+    logvar = torch.cat([grid, edges]).float()
+    d = 50
+    logvar = torch.cat([logvar, logvar.new_zeros((-len(logvar)) % d)]).view(-1, d)
+    a_logvar = logvar.clone().requires_grad_()
+    a_mean = torch.zeros_like(logvar)
+    b_mean, b_logvar = torch.zeros(1, d), torch.zeros(1, d)
+    out = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric="csd")
+    (grad,) = torch.autograd.grad(out, [a_logvar], torch.ones_like(out))
+    exact = logvar.double().exp().float()  # exp in float64, rounded once
+    assert torch.equal(torch.isnan(grad), torch.isnan(exact))
+    finite = torch.isfinite(exact) & (exact != 0)
+    assert torch.equal(grad[~finite & ~torch.isnan(exact)], exact[~finite & ~torch.isnan(exact)])
+    ulps = (grad[finite].view(torch.int32).long() - exact[finite].view(torch.int32).long()).abs()
+    assert ulps.max().item() <= 1, ulps.max().item()
+
+
 @pytest.mark.parametrize("metric", ["csd", "kl", "elk"])
 def test_only_requested_gradients(metric):
     a_mean, a_logvar, b_mean, b_logvar = pair(6, 4, 3)

@@ -9,8 +9,7 @@
 // Each k step loads NR/W vectors of B, broadcasts MR elements of A and issues MR * NR/W
 // independent FMAs: enough to cover the FMA latency on two pipes, with loads to spare.
 //
-// Setting PCMEKIT_CPU_CAPABILITY to "avx2" or "generic" caps the choice (for tests and for
-// comparing paths); it never enables a path the CPU lacks.
+// The path comes from cpu/isa.h (PCMEKIT_CPU_CAPABILITY caps it).
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +17,7 @@
 #include <type_traits>
 
 #include "cpu/gemm.h"
+#include "cpu/isa.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -317,28 +317,6 @@ PCMEKIT_AVX512 void pack_avx512(int64_t lanes, int64_t kc, const T* src, int64_t
 
 #endif  // PCMEKIT_GEMM_X86
 
-enum class Isa { generic, avx2, avx512 };
-
-Isa detect_isa() {
-  Isa best = Isa::generic;
-#ifdef PCMEKIT_GEMM_X86
-  __builtin_cpu_init();
-  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = Isa::avx512;
-#endif
-  if (const char* cap = std::getenv("PCMEKIT_CPU_CAPABILITY")) {
-    if (std::strcmp(cap, "generic") == 0) best = Isa::generic;
-    if (std::strcmp(cap, "avx2") == 0 && best == Isa::avx512) best = Isa::avx2;
-  }
-  return best;
-}
-
-Isa isa() {
-  static const Isa chosen = detect_isa();
-  return chosen;
-}
-
 // Block sizes come from byte budgets, so that float and double (and every tile shape) load the
 // caches alike: one kc x nr panel of B (reused from L1 by every micro-kernel call of a column
 // panel) takes PanelBytes, and the packed mc x kc block of A (streamed from L2) at most
@@ -360,7 +338,7 @@ GemmKernel<typename Ops::T> make_kernel(
 template <typename T>
 GemmKernel<T> select_kernel() {
   constexpr bool f32 = std::is_same_v<T, float>;
-  switch (isa()) {
+  switch (cpu_isa()) {
 #ifdef PCMEKIT_GEMM_X86
     case Isa::avx512: {
       using Ops = std::conditional_t<f32, Avx512Float, Avx512Double>;
@@ -381,17 +359,6 @@ GemmKernel<T> select_kernel() {
   }
 }
 
-const char* isa_name(Isa i) {
-  switch (i) {
-    case Isa::avx512:
-      return "avx512";
-    case Isa::avx2:
-      return "avx2";
-    default:
-      return "generic";
-  }
-}
-
 }  // namespace
 
 template <>
@@ -408,6 +375,6 @@ const GemmKernel<double>& gemm_kernel<double>() {
 
 }  // namespace detail
 
-const char* simd_path() { return detail::isa_name(detail::isa()); }
+const char* simd_path() { return isa_name(cpu_isa()); }
 
 }  // namespace pcmekit::cpu

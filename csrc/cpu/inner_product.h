@@ -14,6 +14,7 @@
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "cpu/strided.h"
+#include "cpu/vec_math.h"
 #include "pcmekit/metrics.h"
 #include "pcmekit/view.h"
 
@@ -34,15 +35,14 @@ struct Side {
     var.assign(count, T(1));
     const bool has_logvar = logvar.present();
     parallel_for(0, rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
-      for (int64_t r = lo; r < hi; ++r)
+      for (int64_t r = lo; r < hi; ++r) {
+        const size_t row = static_cast<size_t>(r * dim);
         for (int64_t c = 0; c < dim; ++c) {
-          const size_t at = static_cast<size_t>(r * dim + c);
-          mu[at] = load<T>(mean, r, c);
-          if (has_logvar) {
-            lv[at] = load<T>(logvar, r, c);
-            var[at] = std::exp(lv[at]);
-          }
+          mu[row + c] = load<T>(mean, r, c);
+          if (has_logvar) lv[row + c] = load<T>(logvar, r, c);
         }
+        if (has_logvar) exp_array(lv.data() + row, var.data() + row, dim);
+      }
     });
   }
   const T* mu_row(int64_t r) const { return mu.data() + r * dim; }
@@ -112,8 +112,17 @@ T gemm_alpha(Metric metric) { return metric == Metric::KL ? T(1) : T(-2); }
 template <typename T>
 std::vector<T> squared_norms(const MatrixView& mean, const MatrixView& logvar, int num_threads) {
   std::vector<T> out(static_cast<size_t>(mean.rows));
+  const bool rows_contiguous =
+      mean.col_stride == 1 && (!logvar.present() || logvar.col_stride == 1);
   parallel_for(0, mean.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
     for (int64_t r = lo; r < hi; ++r) {
+      if (rows_contiguous) {
+        const T* mu = static_cast<const T*>(mean.data) + r * mean.row_stride;
+        const T* lv =
+            logvar.present() ? static_cast<const T*>(logvar.data) + r * logvar.row_stride : nullptr;
+        out[static_cast<size_t>(r)] = static_cast<T>(sum_squares_exp(mu, lv, mean.cols));
+        continue;
+      }
       double acc = 0;
       for (int64_t c = 0; c < mean.cols; ++c) {
         const double m = load<T>(mean, r, c);

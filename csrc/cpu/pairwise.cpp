@@ -16,6 +16,7 @@
 #include "cpu/memory.h"
 #include "cpu/parallel.h"
 #include "cpu/strided.h"
+#include "cpu/vec_math.h"
 #include "pcmekit/pairwise.h"
 
 namespace pcmekit::cpu {
@@ -77,16 +78,16 @@ void forward_direct(const PairwiseForwardParams& p, Term) {
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-// Feature matrix [rows, width + 1] for the backward GEMMs; the last column is all ones, so the
-// GEMM also yields the row (or column) sums of the incoming gradient.
-//   csd / l2: [mu]         w2: [mu, sigma]
+// w2 and kl: feature matrix [rows, width + 1] for the backward GEMMs; the last column is all
+// ones, so the GEMM also yields the row (or column) sums of the incoming gradient.
+//   w2: [mu, sigma]
 //   kl, b-side (for G @ F_b):    [1/var, mu/var]
 //   kl, a-side (for G^T @ F_a):  [mu, var + mu^2]
 template <typename T>
 Features<T> backward_features(const Side<T>& s, Metric metric, bool query, int num_threads) {
   Features<T> f;
   const int64_t d = s.dim;
-  const int64_t k = (metric == Metric::W2 || metric == Metric::KL) ? 2 * d : d;
+  const int64_t k = 2 * d;
   f.width = k + 1;
   f.data.resize(static_cast<size_t>(s.rows * f.width));
   parallel_for(0, s.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
@@ -105,7 +106,7 @@ Features<T> backward_features(const Side<T>& s, Metric metric, bool query, int n
               out[d + c] = mu[c] / var[c];
             }
             break;
-          default: out[c] = mu[c]; break;
+          default: break;
         }
       }
       out[k] = T(1);
@@ -147,8 +148,6 @@ void combine_gradients(const Side<T>& s, const std::vector<T>& prod, int64_t wid
       for (int64_t c = 0; c < d; ++c) {
         T gm = 0, gl = 0;
         switch (metric) {
-          case Metric::CSD: gm = T(2) * (mu[c] * sum - p[c]); gl = var[c] * sum; break;
-          case Metric::L2: gm = T(2) * (mu[c] * sum - p[c]); break;
           case Metric::W2: {
             const T sigma = std::sqrt(var[c]);
             gm = T(2) * (mu[c] * sum - p[c]);
@@ -174,8 +173,102 @@ void combine_gradients(const Side<T>& s, const std::vector<T>& prod, int64_t wid
   });
 }
 
+// csd and l2 read the means in place. With s = G's row sums and t = its column sums,
+//   d/d mu_a = 2 (mu_a s - G @ mu_b),       d/d lv_a = var_a s       (csd)
+//   d/d mu_b = 2 (mu_b t - G^T @ mu_a),     d/d lv_b = var_b t
+// s and t come from one pass over G (summed in double); each product is a GEMM over the other
+// side's means, read through their strides, whose epilogue writes the mean gradient itself.
+
+// Row and column sums of g, in double.
+template <typename T>
+void gradient_sums(const MatrixView& g, std::vector<double>& row_sums,
+                   std::vector<double>& col_sums, int num_threads) {
+  const int64_t n = g.rows, m = g.cols;
+  row_sums.assign(static_cast<size_t>(n), 0.0);
+  col_sums.assign(static_cast<size_t>(m), 0.0);
+  const int threads = static_cast<int>(std::min<int64_t>(resolve_threads(num_threads),
+                                                         std::max<int64_t>(1, n * m >> 16)));
+  std::vector<std::vector<double>> partial(static_cast<size_t>(threads));
+  parallel_for(0, n, 1, threads, [&](int64_t lo, int64_t hi, int worker) {
+    std::vector<double>& cols = partial[static_cast<size_t>(worker)];
+    cols.assign(static_cast<size_t>(m), 0.0);
+    for (int64_t r = lo; r < hi; ++r) {
+      double acc = 0;
+      if (g.col_stride == 1) {
+        const T* src = static_cast<const T*>(g.data) + r * g.row_stride;
+        for (int64_t c = 0; c < m; ++c) {
+          const double v = src[c];
+          acc += v;
+          cols[static_cast<size_t>(c)] += v;
+        }
+      } else {
+        for (int64_t c = 0; c < m; ++c) {
+          const double v = load<T>(g, r, c);
+          acc += v;
+          cols[static_cast<size_t>(c)] += v;
+        }
+      }
+      row_sums[static_cast<size_t>(r)] = acc;
+    }
+  });
+  for (const std::vector<double>& cols : partial)
+    for (size_t c = 0; c < cols.size(); ++c) col_sums[c] += cols[c];
+}
+
+// grad_mean = 2 (self_mean * sums - G-or-G^T @ other_mean), the product from the GEMM engine.
+template <typename T>
+void mean_gradient(const MatrixView& g, bool transpose, const MatrixView& self_mean,
+                   const MatrixView& other_mean, const std::vector<double>& sums,
+                   const MatrixView& grad_mean, int num_threads) {
+  if (!grad_mean.present()) return;
+  const int64_t rows = transpose ? g.cols : g.rows;
+  const int64_t inner = transpose ? g.rows : g.cols;
+  const GemmOperand<T> lhs = transpose
+      ? GemmOperand<T>{static_cast<const T*>(g.data), g.col_stride, g.row_stride}
+      : GemmOperand<T>{static_cast<const T*>(g.data), g.row_stride, g.col_stride};
+  const GemmOperand<T> rhs{static_cast<const T*>(other_mean.data), other_mean.row_stride,
+                           other_mean.col_stride};
+  auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
+    const T s = static_cast<T>(sums[static_cast<size_t>(r)]);
+    for (int64_t t = 0; t < count; ++t)
+      at<T>(grad_mean, r, c0 + t) = T(2) * (load<T>(self_mean, r, c0 + t) * s - acc[t]);
+  };
+  gemm<T>(rows, self_mean.cols, inner, lhs, rhs, epilogue, num_threads);
+}
+
+// grad_logvar = exp(logvar) * sums, row by row.
+template <typename T>
+void logvar_gradient(const MatrixView& logvar, const std::vector<double>& sums,
+                     const MatrixView& grad_logvar, int num_threads) {
+  if (!grad_logvar.present()) return;
+  const int64_t d = logvar.cols;
+  parallel_for(0, logvar.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
+    std::vector<T> row(static_cast<size_t>(d));
+    for (int64_t r = lo; r < hi; ++r) {
+      for (int64_t c = 0; c < d; ++c) row[static_cast<size_t>(c)] = load<T>(logvar, r, c);
+      exp_array(row.data(), row.data(), d);
+      const T s = static_cast<T>(sums[static_cast<size_t>(r)]);
+      for (int64_t c = 0; c < d; ++c) at<T>(grad_logvar, r, c) = row[static_cast<size_t>(c)] * s;
+    }
+  });
+}
+
+template <typename T>
+void backward_means_in_place(const PairwiseBackwardParams& p) {
+  const int nt = p.num_threads;
+  std::vector<double> row_sums, col_sums;
+  gradient_sums<T>(p.grad_out, row_sums, col_sums, nt);
+  mean_gradient<T>(p.grad_out, false, p.a_mean, p.b_mean, row_sums, p.grad_a_mean, nt);
+  mean_gradient<T>(p.grad_out, true, p.b_mean, p.a_mean, col_sums, p.grad_b_mean, nt);
+  if (p.metric == Metric::CSD) {
+    logvar_gradient<T>(p.a_logvar, row_sums, p.grad_a_logvar, nt);
+    logvar_gradient<T>(p.b_logvar, col_sums, p.grad_b_logvar, nt);
+  }
+}
+
 template <typename T>
 void backward_inner_product(const PairwiseBackwardParams& p) {
+  if (p.metric == Metric::CSD || p.metric == Metric::L2) return backward_means_in_place<T>(p);
   const int nt = p.num_threads;
   const Side<T> a(p.a_mean, p.a_logvar, nt), b(p.b_mean, p.b_logvar, nt);
   if (p.grad_a_mean.present() || p.grad_a_logvar.present()) {
