@@ -1,13 +1,17 @@
 // Minimal fork-join parallelism for the CPU kernels.
 //
 // pcmekit does not link an OpenMP runtime of its own: torch ships one, and two runtimes in one
-// process oversubscribe the cores. Kernels here are long (milliseconds), so plain std::threads per
-// call cost little; small problems run on the calling thread.
+// process oversubscribe the cores. Instead a small pool of persistent threads (cpu/parallel.cpp)
+// runs the chunks; a worker spins for a few tens of microseconds after its chunk, so the several
+// parallel loops of one kernel reuse awake threads, then sleeps. Starting threads per loop instead
+// cost ~50 us per loop, which dominated kernels under a millisecond. Small problems run on the
+// calling thread.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -18,6 +22,16 @@ inline int resolve_threads(int requested) {
   const unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
+
+namespace detail {
+
+// Runs body(part) for part in [0, parts): part 0 on the calling thread, the others on the
+// pool's threads (started on first use, one per part beyond the first). Returns false, having
+// run nothing, when the pool is already serving another call: a parallel loop nested in a chunk,
+// or a second application thread. body must not throw.
+bool pool_run(int parts, const std::function<void(int)>& body);
+
+}  // namespace detail
 
 // Splits [begin, end) into at most `num_threads` contiguous chunks of at least `grain` items and
 // calls body(chunk_begin, chunk_end, worker_index) for each, the first on the calling thread.
@@ -35,20 +49,23 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, int num_threads, co
   }
   const int64_t step = (total + chunks - 1) / chunks;
   std::vector<std::exception_ptr> errors(static_cast<size_t>(chunks));
-  auto run = [&](int64_t c) {
+  const std::function<void(int)> run = [&](int c) {
     const int64_t lo = begin + c * step;
     const int64_t hi = std::min(end, lo + step);
     try {
-      if (lo < hi) body(lo, hi, static_cast<int>(c));
+      if (lo < hi) body(lo, hi, c);
     } catch (...) {
       errors[static_cast<size_t>(c)] = std::current_exception();
     }
   };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(chunks - 1));
-  for (int64_t c = 1; c < chunks; ++c) workers.emplace_back(run, c);
-  run(0);
-  for (auto& w : workers) w.join();
+  if (!detail::pool_run(static_cast<int>(chunks), run)) {
+    // The pool is busy (nested or concurrent use): threads of our own for this loop.
+    std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(chunks - 1));
+    for (int c = 1; c < chunks; ++c) workers.emplace_back(run, c);
+    run(0);
+    for (auto& w : workers) w.join();
+  }
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
