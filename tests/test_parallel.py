@@ -1,5 +1,6 @@
-"""The CPU kernels' thread pool (csrc/cpu/parallel.cpp) and run-time SIMD dispatch: results must
-not depend on the thread count, on concurrent callers, on a fork, or on the instruction set."""
+"""The CPU kernels' threads (csrc/cpu/parallel.cpp: torch's OpenMP runtime, or pcmekit's own pool)
+and run-time SIMD dispatch: results must not depend on the thread count, the executor, concurrent
+callers, a fork, or the instruction set."""
 
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ _PATH_SCRIPT = """
 import json, torch, pcmekit
 from pcmekit.reference import pairwise_distance_naive, topk_naive
 torch.manual_seed(0)
-report = {"simd": pcmekit.build_info()["cpu_simd"]}
+pcmekit.set_num_threads(3)  # more parts than cores: every worker has work
+report = {"simd": pcmekit.build_info()["cpu_simd"], "threads": pcmekit.build_info()["cpu_threading"]}
 for dtype in (torch.float32, torch.float64):
     x = [torch.randn(37, 21, dtype=dtype), torch.randn(37, 21, dtype=dtype) * 0.5,
          torch.randn(29, 21, dtype=dtype), torch.randn(29, 21, dtype=dtype) * 0.5]
@@ -125,23 +127,38 @@ print(json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("capability", ["generic", "avx2"])
-def test_every_simd_path_matches_the_oracle(capability):
+def test_threads_run_on_torchs_openmp_runtime():
+    # torch's Linux wheels use GNU OpenMP; sharing its threads is the point (parallel.cpp).
+    backend = pcmekit.build_info()["cpu_threading"]
+    if not torch.__config__.parallel_info().count("OpenMP") or sys.platform != "linux":
+        pytest.skip("torch here does not run on OpenMP")
+    assert backend.startswith("openmp ("), backend
+
+
+@pytest.mark.parametrize(
+    "capability,threads", [("generic", "pool"), ("avx2", "pool"), ("avx2", "openmp")]
+)
+def test_every_simd_path_and_executor_matches_the_oracle(capability, threads):
     # PCMEKIT_CPU_CAPABILITY caps the run-time choice, so the portable micro-kernels (and the
-    # scalar exp) are checked on this machine too, in a fresh process.
+    # scalar exp) are checked on this machine too; PCMEKIT_THREADS=pool forces pcmekit's own
+    # thread pool. Each in a fresh process.
     import json
 
     env = dict(os.environ, PCMEKIT_CPU_CAPABILITY=capability)
+    env.pop("PCMEKIT_THREADS", None)
+    if threads == "pool":
+        env["PCMEKIT_THREADS"] = "pool"
     proc = subprocess.run([sys.executable, "-c", _PATH_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     if capability == "avx2" and report["simd"] == "generic":
         pytest.skip("this CPU has no AVX2")
-    assert report["simd"] == capability or capability == "avx2" and report["simd"] == "avx2"
+    assert report["simd"] == capability
+    assert (report["threads"] == "pcmekit pool") == (threads == "pool"), report["threads"]
     for key, value in report.items():
         if key.startswith("topk/"):
             assert value, key
-        elif key != "simd":
+        elif key not in ("simd", "threads"):
             tol = 1e-4 if "float32" in key else 1e-10
             assert value < tol, (key, value)

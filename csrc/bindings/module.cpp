@@ -12,6 +12,7 @@
 
 #include "bindings/views.h"
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 #include "pcmekit/pairwise.h"
 #ifdef PCMEKIT_WITH_CUDA
 #include "cuda/device.h"
@@ -81,6 +82,7 @@ py::dict build_config() {
   info["cuda_runtime"] = py::none();
 #endif
   info["cpu_simd"] = cpu::simd_path();
+  info["cpu_threading"] = cpu::detail::threading_backend();
   info["hardware_threads"] = std::thread::hardware_concurrency();
   return info;
 }

@@ -1,17 +1,17 @@
 // Minimal fork-join parallelism for the CPU kernels.
 //
 // pcmekit does not link an OpenMP runtime of its own: torch ships one, and two runtimes in one
-// process oversubscribe the cores. Instead a small pool of persistent threads (cpu/parallel.cpp)
-// runs the chunks; a worker spins for a few tens of microseconds after its chunk, so the several
-// parallel loops of one kernel reuse awake threads, then sleeps. Starting threads per loop instead
-// cost ~50 us per loop, which dominated kernels under a millisecond. Small problems run on the
-// calling thread.
+// process oversubscribe the cores. The chunks run on the OpenMP runtime already in the process
+// (torch's) when there is one, else on a small pool of persistent threads (cpu/parallel.cpp
+// explains both). Starting threads per loop instead cost ~50 us per loop, which dominated
+// kernels under a millisecond. Small problems run on the calling thread.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -26,10 +26,13 @@ inline int resolve_threads(int requested) {
 namespace detail {
 
 // Runs body(part) for part in [0, parts): part 0 on the calling thread, the others on the
-// pool's threads (started on first use, one per part beyond the first). Returns false, having
-// run nothing, when the pool is already serving another call: a parallel loop nested in a chunk,
-// or a second application thread. body must not throw.
+// process's OpenMP threads or the pool's (started on first use, one per part beyond the first).
+// Returns false, having run nothing, when the pool is already serving another call: a parallel
+// loop nested in a chunk, or a second application thread. body must not throw.
 bool pool_run(int parts, const std::function<void(int)>& body);
+
+// "openmp (<library>)" or "pcmekit pool": what runs the parallel loops in this process.
+std::string threading_backend();
 
 }  // namespace detail
 
