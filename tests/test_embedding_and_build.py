@@ -52,6 +52,7 @@ def test_build_info_reports_itself():
     info = pcmekit.build_info()
     assert info["version"] == pcmekit.__version__
     assert info["cpu_simd"] in ("avx512", "avx2", "generic")
+    assert info["cpu_threading"] == "pcmekit pool" or info["cpu_threading"].startswith("openmp (")
     assert isinstance(info["cuda_compiled"], bool)
     assert info["cuda_available"] == pcmekit.cuda_available()
     if not info["cuda_compiled"]:

@@ -25,6 +25,7 @@ class BuildConfig(TypedDict):
     cuda_archs: str  # comma-separated CMake architectures, "" without CUDA
     cuda_runtime: Optional[str]  # CUDA runtime version the core was linked with, None without CUDA
     cpu_simd: str  # "avx512", "avx2" or "generic": the CPU micro-kernel this machine gets
+    cpu_threading: str  # "openmp (<library>)" (torch's runtime) or "pcmekit pool"
     hardware_threads: int
 
 def pairwise_forward(

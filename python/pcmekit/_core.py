@@ -28,7 +28,9 @@ def build_info() -> dict[str, Any]:
     Returns a dict with ``version``, ``cuda_compiled`` (whether the CUDA back end was compiled
     in), ``cuda_archs`` (the compiled GPU architectures), ``cuda_runtime``, ``cuda_available``,
     ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
-    or ``generic``) and ``num_threads`` (CPU threads the kernels use).
+    or ``generic``), ``cpu_threading`` (``openmp (<library>)`` when the CPU kernels run on the
+    OpenMP runtime torch loaded, ``pcmekit pool`` otherwise) and ``num_threads`` (CPU threads the
+    kernels use).
     """
     info: Dict[str, Any] = dict(_C.build_config())
     info["cuda_devices"] = _C.cuda_device_count()
