@@ -100,6 +100,42 @@ std::unique_ptr<T[], FreeDeleter> aligned_buffer(int64_t elements) {
   return std::unique_ptr<T[], FreeDeleter>(static_cast<T*>(p));
 }
 
+// Scratch memory (packed operands, sums) that one thread reuses from call to call: fresh pages
+// cost a fault each (~200 per 1024 x 1024 x 512 product, a few percent of it). Buffers up to
+// kMaxCachedBytes stay with the thread (two per element type); larger ones are allocated per call.
+// Not re-entrant: an epilogue must not call gemm on the same thread.
+inline constexpr size_t kMaxCachedBytes = size_t{64} << 20;
+
+template <typename T>
+class Workspace {
+ public:
+  Workspace(int slot, int64_t elements) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(elements, 1)) * sizeof(T);
+    if (bytes > kMaxCachedBytes) {
+      owned_ = aligned_buffer<T>(elements);
+      data_ = owned_.get();
+      return;
+    }
+    thread_local Cached cache[2];
+    Cached& c = cache[slot];
+    if (c.bytes < bytes) {
+      c.buffer.reset();
+      c.buffer = aligned_buffer<T>(elements);
+      c.bytes = bytes;
+    }
+    data_ = c.buffer.get();
+  }
+  T* get() const { return data_; }
+
+ private:
+  struct Cached {
+    std::unique_ptr<T[], FreeDeleter> buffer;
+    size_t bytes = 0;
+  };
+  std::unique_ptr<T[], FreeDeleter> owned_;
+  T* data_ = nullptr;
+};
+
 // How the work is cut: C in column blocks of nc columns, one after another; for each, B is
 // packed once by all threads together, then a tm x tn grid of threads computes it, each
 // rectangle a whole number of micro-tiles (counts differing by at most one).
@@ -246,8 +282,8 @@ void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
       detail::plan_gemm(m, n, k, kern.mr, kern.nr, kern.kc, sizeof(T), num_threads);
   const int threads = static_cast<int>(plan.tm * plan.tn);
   const detail::GemmScratch layout = detail::scratch_layout(kern, plan, m, k);
-  auto packed_b = detail::aligned_buffer<T>(k * plan.nc);
-  auto scratch = detail::aligned_buffer<T>(threads * layout.total);
+  const detail::Workspace<T> packed_b(0, k * plan.nc);
+  const detail::Workspace<T> scratch(1, threads * layout.total);
   const int64_t tiles_m = detail::ceil_div(m, kern.mr);
   for (int64_t jc = 0; jc < n; jc += plan.nc) {
     const int64_t nb = std::min(plan.nc, n - jc), panels = detail::ceil_div(nb, kern.nr);
