@@ -192,15 +192,21 @@ void gradient_sums(const MatrixView& g, std::vector<double>& row_sums,
   parallel_for(0, n, 1, threads, [&](int64_t lo, int64_t hi, int worker) {
     std::vector<double>& cols = partial[static_cast<size_t>(worker)];
     cols.assign(static_cast<size_t>(m), 0.0);
+    double* col = cols.data();
     for (int64_t r = lo; r < hi; ++r) {
       double acc = 0;
       if (g.col_stride == 1) {
+        // Two loops: the column sums vectorise, and the row sum runs on eight independent
+        // accumulators instead of one serial chain of adds (4 cycles an element).
         const T* src = static_cast<const T*>(g.data) + r * g.row_stride;
-        for (int64_t c = 0; c < m; ++c) {
-          const double v = src[c];
-          acc += v;
-          cols[static_cast<size_t>(c)] += v;
-        }
+        for (int64_t c = 0; c < m; ++c) col[c] += double(src[c]);
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t c = 0;
+        for (; c + 8 <= m; c += 8)
+          for (int l = 0; l < 8; ++l) part[l] += double(src[c + l]);
+        for (; c < m; ++c) acc += double(src[c]);
+        acc += ((part[0] + part[4]) + (part[1] + part[5])) +
+               ((part[2] + part[6]) + (part[3] + part[7]));
       } else {
         for (int64_t c = 0; c < m; ++c) {
           const double v = load<T>(g, r, c);
@@ -243,11 +249,18 @@ void logvar_gradient(const MatrixView& logvar, const std::vector<double>& sums,
   if (!grad_logvar.present()) return;
   const int64_t d = logvar.cols;
   parallel_for(0, logvar.rows, 256, num_threads, [&](int64_t lo, int64_t hi, int) {
-    std::vector<T> row(static_cast<size_t>(d));
+    const bool contiguous = logvar.col_stride == 1 && grad_logvar.col_stride == 1;
+    std::vector<T> row(contiguous ? 0 : static_cast<size_t>(d));
     for (int64_t r = lo; r < hi; ++r) {
+      const T s = static_cast<T>(sums[static_cast<size_t>(r)]);
+      if (contiguous) {
+        T* dst = static_cast<T*>(grad_logvar.data) + r * grad_logvar.row_stride;
+        exp_array(static_cast<const T*>(logvar.data) + r * logvar.row_stride, dst, d);
+        for (int64_t c = 0; c < d; ++c) dst[c] *= s;
+        continue;
+      }
       for (int64_t c = 0; c < d; ++c) row[static_cast<size_t>(c)] = load<T>(logvar, r, c);
       exp_array(row.data(), row.data(), d);
-      const T s = static_cast<T>(sums[static_cast<size_t>(r)]);
       for (int64_t c = 0; c < d; ++c) at<T>(grad_logvar, r, c) = row[static_cast<size_t>(c)] * s;
     }
   });
