@@ -51,7 +51,7 @@ Fused step (``fused=True``; off by default, which keeps the bit-for-bit contract
 into pcmekit's C++ core (csrc/cpu/adamp.cpp) steps every dense CPU float32/float64 parameter of a
 group: a first pass updates the moments and sums, per row and per tensor, ``<g, w>``, ``|g|^2``,
 ``|w|^2`` and ``<w, u>``; the test is decided from those sums; a second pass projects, decays and
-steps. It reads and writes each element about 40 bytes' worth per step instead of the
+steps. It moves about 40 bytes per float32 element of AdamP per step instead of the
 multi-tensor path's dozen passes. What it guarantees, against ``adamp`` 0.3.0 on the same inputs:
 
 * the same algorithm, with the reference's element-wise operations in the reference's order and
