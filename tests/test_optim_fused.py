@@ -500,3 +500,25 @@ def test_core_rejects_bad_input():
         _call(ok[0] + [(w2.data_ptr(), 4, 6, 6, 1, 0, 1, 0)], ok[1] * 2, ok[2] * 2, ok[3] * 2, steps=[1, 1])
     assert all(torch.equal(a, b) for a, b in zip((w, g, m, v), before))  # the rejected calls wrote nothing
     assert _C.adamp_step(0, [], [], [], [], [], [], *([0.0] * 9), False, 1) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark's fused row
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bench_optim_fused_row(monkeypatch):
+    """``pcmekit bench optim`` checks the fused step against adamp, then times it with the bytes
+    it moves and a plain copy of as many bytes (on a small stand-in for ResNet-50)."""
+    from pcmekit.bench import optim as bench_optim
+
+    shapes = [(16, 3, 3, 3), (16,), (16,), (32, 16, 1, 1), (32,), (10, 32), (10,)]
+    monkeypatch.setattr(bench_optim, "resnet50_shapes", lambda *args, **kwargs: shapes)
+    rows = bench_optim.run(quick=True, repeats=1)
+    impls = [r["impl"] for r in rows]
+    assert impls.count("pcmekit AdamP (fused)") == 2 and impls.count(bench_optim.COPY) == 2
+    fused_row = rows[impls.index("pcmekit AdamP (fused)")]
+    assert "max rel. diff to adamp" in fused_row["notes"] and "GB/step" in fused_row["notes"]
+    # weights: 10 arrays of 4 bytes per element (two passes); 1-D parameters: 7 (one pass)
+    weights = 16 * 27 + 32 * 16 + 10 * 32
+    assert bench_optim.fused_bytes(shapes) == 40 * weights + 28 * (16 + 16 + 32 + 10)
