@@ -110,6 +110,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_b_logvar"), py::arg("num_threads"), py::arg("stream"));
   register_match_prob(m);
   register_topk(m);
+  register_adamp(m);
   m.def("build_config", &build_config);
   m.def("cuda_device_count", &cuda_device_count);
 }

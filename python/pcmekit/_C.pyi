@@ -9,7 +9,7 @@ Errors raised by every function: ``ValueError`` (shapes, devices, "built without
 The GIL is released while a kernel runs.
 """
 
-from typing import Optional, Tuple, TypedDict
+from typing import List, Optional, Tuple, TypedDict
 
 # (data_ptr, rows, cols, row_stride, col_stride, dtype code, device code, device index).
 # Strides are in elements. dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16, 4 int64;
@@ -122,6 +122,28 @@ def topk_workspace_bytes(
     num_samples: int,
     k: int,
 ) -> int: ...
+def adamp_step(
+    algorithm: int,  # 0 AdamP, 1 SGDP
+    params: List[ViewTuple],  # [R, C] each, contiguous rows; read and written
+    grads: List[ViewTuple],  # like params
+    exp_avgs: List[ViewTuple],  # like params; AdamP's exp_avg or SGDP's momentum buffer, written
+    exp_avg_sqs: Optional[List[ViewTuple]],  # like params (AdamP, written); None for SGDP
+    steps: List[int],  # AdamP: this step's count per parameter (>= 1); SGDP: ignored
+    projectable: List[bool],  # dimension > 1 (R = size(0)): run the scale-invariance test
+    lr: float,
+    beta1: float,
+    beta2: float,
+    momentum: float,
+    dampening: float,
+    eps: float,
+    weight_decay: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+    num_threads: int,
+) -> List[int]:
+    """One fused step in place on CPU float32/float64 tensors of one dtype; returns the
+    projection per parameter: 0 none, 1 channel view, 2 layer view."""
 def build_config() -> BuildConfig: ...
 def cuda_device_count() -> int:
     """GPUs the CUDA runtime sees; 0 without CUDA support or without a driver."""

@@ -7,7 +7,7 @@ package sees plain Python functions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional, Tuple, overload
+from typing import Any, Dict, List, Optional, Sequence, Tuple, overload
 
 import torch
 
@@ -92,3 +92,56 @@ def stream_handle(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.current_stream(device).cuda_stream
     return 0
+
+
+#: Outcome codes of ``_C.adamp_step``, in code order.
+ADAMP_PROJECTIONS = ("none", "channel", "layer")
+
+
+def adamp_step(
+    algorithm: int,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Optional[Sequence[torch.Tensor]],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    beta1: float = 0.0,
+    beta2: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    eps: float,
+    weight_decay: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+) -> List[str]:
+    """One fused AdamP (``algorithm=0``) or SGDP (``1``) step over CPU tensors of one dtype.
+
+    Precondition, checked by the caller (``pcmekit.optim``): each parameter and its gradient and
+    state tensors have one shape and one memory order in which every ``t[i]`` is a block of
+    consecutive elements (contiguous, or channels_last). A parameter of dimension > 1 is passed
+    as its channel view ``[size(0), numel / size(0)]``, any other one as ``[1, numel]``. Returns
+    the projection applied to each parameter: ``"none"``, ``"channel"`` or ``"layer"``.
+    """
+    code = _DTYPE_CODES[params[0].dtype] if params else 0
+    shapes: List[Tuple[int, int]] = []
+    projectable: List[bool] = []
+    for p in params:
+        n = p.numel()
+        tested = p.dim() > 1 and n > 0
+        rows = p.shape[0] if tested else 1
+        shapes.append((rows, n // rows))
+        projectable.append(tested)
+
+    def views(tensors: Sequence[torch.Tensor]) -> List[View]:
+        return [(t.data_ptr(), r, c, c, 1, code, 0, 0) for t, (r, c) in zip(tensors, shapes)]
+
+    outcome = _C.adamp_step(
+        algorithm, views(params), views(grads), views(exp_avgs),
+        None if exp_avg_sqs is None else views(exp_avg_sqs), list(steps), projectable,
+        lr, beta1, beta2, momentum, dampening, eps, weight_decay, delta, wd_ratio, nesterov,
+        get_num_threads(),
+    )
+    return [ADAMP_PROJECTIONS[k] for k in outcome]

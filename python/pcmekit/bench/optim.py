@@ -9,13 +9,24 @@ weight/bias pairs, the classifier), 25.6 M values, built from their shapes. Two 
   as BatchNorm after the conv makes it in a real network, so the channel view passes and the
   update is projected (the common case in training).
 
-Implementations: ``pcmekit.optim.AdamP`` multi-tensor and per-tensor, the ``adamp`` package (the
-baseline; skipped with a note when it is not installed) and ``torch.optim.AdamW`` (the cost of
-plain Adam). Before timing, ours and the reference take three float32 steps from the same state
-and must agree (they are identical on CPU). Implementations are timed in turn within each repeat,
-so a change in machine load hits them alike; every timed step starts from the same weights (the
-optimizer state evolves), so the bn-invariant case projects on every step. Rows report the median
-and, in the notes, the minimum (the least disturbed run on a shared machine).
+Implementations: ``pcmekit.optim.AdamP`` fused (the C++ kernel, CPU only; on CUDA it would
+time the multi-tensor fallback, so the row is left out there), multi-tensor and per-tensor, the
+``adamp`` package (the baseline; skipped with a note when it is not installed) and
+``torch.optim.AdamW`` (the cost of plain Adam). Before timing, ours and the reference take three
+float32 steps from the same state and must agree: the multi-tensor and per-tensor paths are
+identical to the reference on CPU, the fused one within 1e-5 of each tensor's largest value.
+Implementations are timed in turn within each repeat, so a change in machine load hits them
+alike; every timed step starts from the same weights (the optimizer state evolves), so the
+bn-invariant case projects on every step. Rows report the median and, in the notes, the minimum
+(the least disturbed run on a shared machine).
+
+The fused row also states the bytes it moves per step (:func:`fused_bytes`: the first pass reads
+weight, gradient and both moments and writes the moments back; the second reads weight and
+moments and writes the weight; a parameter that is never projected takes one pass) and the rate
+that implies; the ``plain copy, same bytes`` row times ``dst.copy_(src)`` moving as many bytes
+(half read, half written), the speed of memory on this machine for that much traffic. (The fused
+step can beat it: the second pass over a small parameter reads from cache, and a copy also reads
+each destination line before writing it.)
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from ..optim import AdamP
 
 SUITE = "optim"
 HYPER: Dict[str, Any] = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+COPY = "plain copy, same bytes"
 
 
 def resnet50_shapes(scale: float = 1.0, num_classes: int = 1000) -> List[Tuple[int, ...]]:
@@ -84,12 +96,38 @@ def _params(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> L
     return params
 
 
-def _check(weights, grads, reference_cls) -> str:
-    """Three steps of each implementation from the same start; returns the largest difference."""
+def fused_bytes(shapes: Sequence[Tuple[int, ...]], element_size: int = 4, nesterov: bool = False) -> int:
+    """Bytes the fused AdamP kernel reads and writes in one step over parameters of ``shapes``.
+
+    A weight (dimension > 1) takes two passes: weight, gradient, exp_avg, exp_avg_sq read and
+    the two moments written (6 arrays), then weight and moments read (and the gradient with
+    Nesterov) and the weight written (4 or 5). Any other parameter: one pass, 4 read and 3 written.
+    """
+    total = 0
+    for shape in shapes:
+        n = math.prod(shape)
+        arrays = 6 + 4 + int(nesterov) if len(shape) > 1 else 7
+        total += arrays * n * element_size
+    return total
+
+
+def _copy_of(nbytes: int, device: str) -> Callable[[], Any]:
+    """A plain ``dst.copy_(src)`` that moves ``nbytes`` (half read, half written)."""
+    n = max(1, nbytes // 8)  # float32 elements per buffer
+    src = torch.ones(n, device=device)
+    dst = torch.empty(n, device=device)
+    return lambda: dst.copy_(src)
+
+
+def _check(weights, grads, reference_cls, fused: bool) -> Dict[str, str]:
+    """Three steps of each implementation from the same start; per implementation of ours, how
+    far it is from the reference (raises when more than 1e-5 of a tensor's largest value)."""
     runs = {
-        "foreach": lambda ps: AdamP(ps, foreach=True, **HYPER),
-        "per-tensor": lambda ps: AdamP(ps, foreach=False, **HYPER),
+        "pcmekit AdamP (foreach)": lambda ps: AdamP(ps, foreach=True, **HYPER),
+        "pcmekit AdamP (per-tensor)": lambda ps: AdamP(ps, foreach=False, **HYPER),
     }
+    if fused:
+        runs["pcmekit AdamP (fused)"] = lambda ps: AdamP(ps, fused=True, **HYPER)
     if reference_cls is not None:
         runs["adamp"] = lambda ps: reference_cls(ps, **HYPER)
     results = {}
@@ -99,17 +137,23 @@ def _check(weights, grads, reference_cls) -> str:
         for _ in range(3):
             opt.step()
         results[name] = ps
-    base = results["adamp" if "adamp" in results else "per-tensor"]
-    worst = 0.0
+    base_name = "adamp" if "adamp" in results else "pcmekit AdamP (per-tensor)"
+    base = results[base_name]
+    notes = {}
     for name, ps in results.items():
+        if name == base_name:
+            continue
+        worst = 0.0
         for a, b in zip(ps, base):
             scale = b.detach().abs().max().item() + 1e-30
             diff = (a.detach() - b.detach()).abs().max().item() / scale
             if diff > 1e-5:
                 raise AssertionError(f"optim bench: {name} differs from the reference by {diff:.2e} (relative)")
             worst = max(worst, diff)
-    identical = all(torch.equal(a, b) for ps in results.values() for a, b in zip(ps, base))
-    return "results identical to adamp" if identical and "adamp" in results else f"max rel. diff {worst:.1e}"
+        identical = all(torch.equal(a, b) for a, b in zip(ps, base))
+        what = "adamp" if base_name == "adamp" else "the per-tensor path"
+        notes[name] = f"results identical to {what}" if identical else f"max rel. diff to {what} {worst:.1e}"
+    return notes
 
 
 def _time_interleaved(
@@ -162,14 +206,18 @@ def run(quick: Any = False, repeats: int = 20, *, device: Optional[str] = None) 
     for case_name, invariant in (("random grads", False), ("bn-invariant grads", True)):
         case = f"resnet50-shaped {len(shapes)} tensors {numel / 1e6:.1f}M params, {case_name}, fp32"
         weights, grads = _make_case(shapes, invariant, device)
-        agreement = _check(weights, grads, None if reference is None else reference.AdamP)
+        fused = not device.startswith("cuda")  # no CUDA kernel: fused=True would time foreach
+        agreement = _check(weights, grads, None if reference is None else reference.AdamP, fused)
 
         params: Dict[str, List[torch.nn.Parameter]] = {}
         optimizers: Dict[str, Any] = {}
-        makers: Dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+        makers: Dict[str, Callable[[Any], torch.optim.Optimizer]] = {}
+        if fused:
+            makers["pcmekit AdamP (fused)"] = lambda ps: AdamP(ps, fused=True, **HYPER)
+        makers.update({
             "pcmekit AdamP (foreach)": lambda ps: AdamP(ps, foreach=True, **HYPER),
             "pcmekit AdamP (per-tensor)": lambda ps: AdamP(ps, foreach=False, **HYPER),
-        }
+        })
         if reference is not None:
             makers["adamp 0.3.0"] = lambda ps: reference.AdamP(ps, **HYPER)
         makers["torch AdamW (default)"] = lambda ps: torch.optim.AdamW(ps, **HYPER)
@@ -187,13 +235,13 @@ def run(quick: Any = False, repeats: int = 20, *, device: Optional[str] = None) 
 
             return fn
 
-        timings = _time_interleaved(
-            {k: o.step for k, o in optimizers.items()},
-            {k: restore(params[k]) for k in optimizers},
-            repeats,
-            warmup,
-            device,
-        )
+        moved = fused_bytes(shapes)
+        steps: Dict[str, Callable[[], Any]] = {k: o.step for k, o in optimizers.items()}
+        resets: Dict[str, Callable[[], Any]] = {k: restore(params[k]) for k in optimizers}
+        if fused:  # the speed of memory for the fused step's traffic, timed in turn with the rest
+            steps[COPY] = _copy_of(moved, device)
+            resets[COPY] = lambda: None
+        timings = _time_interleaved(steps, resets, repeats, warmup, device)
         medians = {k: t[0] for k, t in timings.items()}
 
         ours = optimizers["pcmekit AdamP (foreach)"]
@@ -204,9 +252,15 @@ def run(quick: Any = False, repeats: int = 20, *, device: Optional[str] = None) 
         for impl, seconds in medians.items():
             notes = [f"min {timings[impl][1] * 1e3:.1f} ms"]
             if impl.startswith("pcmekit"):
-                notes.append(agreement)
+                notes.append(agreement[impl])
                 if impl.endswith("(foreach)"):
                     notes.append(projected)
+            if impl == "pcmekit AdamP (fused)":
+                notes.append(f"moves {moved / 1e9:.2f} GB/step: {moved / seconds / 1e9:.1f} GB/s (median), "
+                             f"{moved / timings[impl][1] / 1e9:.1f} GB/s (min)")
+            if impl == COPY:
+                notes.append(f"dst.copy_(src) moving the fused step's {moved / 1e9:.2f} GB: "
+                             f"{moved / seconds / 1e9:.1f} GB/s (median), {moved / timings[impl][1] / 1e9:.1f} GB/s (min)")
             if base_ms is not None and impl != "adamp 0.3.0":
                 notes.append(f"{base_ms / seconds:.2f}x vs adamp (median), "
                              f"{timings['adamp 0.3.0'][1] / timings[impl][1]:.2f}x (min)")
