@@ -72,8 +72,9 @@ const GemmKernel<double>& gemm_kernel<double>();
 inline constexpr int64_t kPackedBBytes = int64_t{8} << 20;
 inline constexpr int64_t kMaxColumnBlock = 2048;
 
-// Work (in multiply-adds) below which another thread costs more than it saves: starting and
-// joining a thread is tens of microseconds, about a million multiply-adds of this kernel.
+// Work (in multiply-adds) below which another thread costs more than it saves: handing a region
+// to a sleeping worker (OpenMP's or the pool's, cpu/parallel.h) and waiting for it takes up to
+// tens of microseconds, about a million multiply-adds of this kernel (an awake one, less).
 inline constexpr double kThreadCostFma = double(1 << 20);
 
 // Packing an element costs about as much as this many multiply-adds: ~0.25 ns (vectorised, from
