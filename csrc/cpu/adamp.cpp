@@ -23,11 +23,10 @@
 // written with AVX2 intrinsics, with a portable twin that adds the same lanes in the same order.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
-#include "cpu/gemm.h"
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 #include "pcmekit/adamp.h"
 
@@ -369,9 +368,9 @@ Kernels<T> kernels_for(bool avx2) {
 
 template <typename T>
 Kernels<T> select_kernels(const AdamPStepParams& p) {
-  // The GEMM's choice of instruction set (which honours PCMEKIT_CPU_CAPABILITY); AVX-512 parts
-  // get the AVX2 code: the step is bound by memory, not by vector width.
-  const bool avx2 = std::strcmp(simd_path(), "generic") != 0;
+  // The process's choice of instruction set (cpu/isa.h: it honours PCMEKIT_CPU_CAPABILITY);
+  // AVX-512 parts get the AVX2 code: the step is bound by memory, not by vector width.
+  const bool avx2 = cpu_isa() != Isa::generic;
   const bool adam = p.algorithm == ProjectedOptimizer::AdamP;
   if (adam)
     return p.nesterov ? kernels_for<T, AdamRule<T, true>>(avx2) : kernels_for<T, AdamRule<T, false>>(avx2);
