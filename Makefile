@@ -13,7 +13,7 @@ DEMO_OUT ?= results/demo
 WHEEL_DIR ?= dist
 # make sanitize: its own build folder, and the kernel tests it runs
 SANITIZE_DIR ?= build/sanitize
-SANITIZE_TESTS ?= tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py tests/test_optim_fused.py
+SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py tests/test_optim_fused.py
 CXX ?= g++
 
 .PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build clean

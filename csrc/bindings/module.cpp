@@ -111,6 +111,7 @@ PYBIND11_MODULE(_C, m) {
   register_match_prob(m);
   register_topk(m);
   register_adamp(m);
+  register_bce(m);
   m.def("build_config", &build_config);
   m.def("cuda_device_count", &cuda_device_count);
 }

@@ -43,3 +43,4 @@ inline MatrixView to_view(const std::optional<ViewTuple>& t, const char* name) {
 void register_match_prob(pybind11::module_& m);  // bindings/match_prob.cpp
 void register_topk(pybind11::module_& m);        // bindings/topk.cpp
 void register_adamp(pybind11::module_& m);       // bindings/adamp.cpp
+void register_bce(pybind11::module_& m);         // bindings/bce.cpp

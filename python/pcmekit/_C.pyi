@@ -52,6 +52,15 @@ def pairwise_backward(
     num_threads: int,
     stream: int,
 ) -> None: ...
+def distance_bce(
+    distance: ViewTuple,  # [N, M] float32/float64, CPU
+    target: Optional[ViewTuple],  # [N, M]; None: the identity
+    grad: ViewTuple,  # [N, M], written: dloss/ddistance (may be the distance itself)
+    scale: float,
+    shift: float,
+    mean: bool,  # False: sum
+    num_threads: int,
+) -> Tuple[float, float, float]: ...  # loss, dloss/dscale, dloss/dshift
 def match_prob_forward(
     a_mean: ViewTuple,  # [N, D]
     a_logvar: ViewTuple,  # [N, D]

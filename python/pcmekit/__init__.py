@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import losses, reference, retrieval
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
+from .losses import distance_bce_with_logits
 from .montecarlo import match_logprob, match_prob
 from .ops import pairwise_distance
 from .retrieval import topk
@@ -20,6 +21,7 @@ __all__ = [
     "ProbEmbedding",
     "build_info",
     "cuda_available",
+    "distance_bce_with_logits",
     "get_num_threads",
     "losses",
     "match_logprob",

@@ -57,6 +57,18 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: str = 
     return statistics.median(times)
 
 
+def interleaved_medians(fns: Sequence[Callable[[], Any]], config: BenchConfig) -> List[float]:
+    """Median time (seconds) of each function, the repeats taken in turn (a, b, c, a, b, c, ...)
+    so that a change in machine load during the run affects every implementation alike."""
+    for fn in fns:
+        median_time(fn, 0, config.warmup, config.device)
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(max(1, config.repeats)):
+        for fn, t in zip(fns, times):
+            t.append(median_time(fn, 1, 0, config.device))
+    return [statistics.median(t) for t in times]
+
+
 def row(
     suite: str,
     case: str,

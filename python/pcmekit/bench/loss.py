@@ -10,7 +10,6 @@ backward of the distance alone) and the rest of the loss.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -19,7 +18,7 @@ from .. import ops, reference
 from ..embedding import ProbEmbedding
 from ..losses import PCMEPPLoss
 from ..reference_loss import pcmepp_loss_reference
-from . import BenchConfig, median_time, row
+from . import BenchConfig, interleaved_medians, row
 
 SUITE = "loss"
 D = 512
@@ -92,18 +91,6 @@ def _peak_mb(fn: Callable[[], Any], device: str) -> Optional[float]:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _interleaved_medians(fns: Sequence[Callable[[], Any]], config: BenchConfig) -> List[float]:
-    """Median time of each function, the repeats taken in turn (a, b, c, a, b, c, ...) so that a
-    change in machine load during the run affects every implementation alike."""
-    for fn in fns:
-        median_time(fn, 0, config.warmup, config.device)
-    times: List[List[float]] = [[] for _ in fns]
-    for _ in range(max(1, config.repeats)):
-        for fn, t in zip(fns, times):
-            t.append(median_time(fn, 1, 0, config.device))
-    return [statistics.median(t) for t in times]
-
-
 def run(config: BenchConfig) -> List[Dict[str, Any]]:
     dev = config.device
     rows: List[Dict[str, Any]] = []
@@ -144,7 +131,7 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
             return reference.pairwise_distance_fast(am, al, bm, bl, "csd")
 
         flops = 6.0 * b * b * D  # one GEMM forward, two backward
-        t_ours, t_base, t_ours_csd, t_base_csd = _interleaved_medians(
+        t_ours, t_base, t_ours_csd, t_base_csd = interleaved_medians(
             [ours_step, base_step, lambda: csd_step(ours_csd), lambda: csd_step(base_csd)], config
         )
         for impl, t_all, t_csd, fn, is_base in (

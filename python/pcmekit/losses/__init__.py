@@ -3,17 +3,20 @@
 * :class:`PCMEPPLoss` -- PCME++ (BCE on the closed-form sampled distance, VIB, pseudo-positives).
 * :class:`InfoNCELoss` -- the deterministic CLIP-style baseline on the means.
 * :class:`PCMELoss` -- PCME v1's Monte-Carlo loss (match probability by sampling).
+* :func:`distance_bce_with_logits` -- the BCE-with-logits of ``shift - scale * distance``
+  (PCME++'s matching term) as one fused op over a distance matrix.
 * :func:`mix_images` -- MixUp / CutMix of image i with image B-1-i, returning the soft match matrix.
 
-Every loss is called as ``loss_fn(img, txt, matched=None)`` and returns ``(loss, parts)``; with
+Every loss module is called as ``loss_fn(img, txt, matched=None)`` and returns ``(loss, parts)``; with
 ``gather=True`` it runs over the batches of all torch.distributed ranks.
 """
 
 from __future__ import annotations
 
+from .bce import distance_bce_with_logits
 from .infonce import InfoNCELoss
 from .mix import mix_images
 from .pcme import PCMELoss
 from .pcmepp import PCMEPPLoss
 
-__all__ = ["InfoNCELoss", "PCMELoss", "PCMEPPLoss", "mix_images"]
+__all__ = ["InfoNCELoss", "PCMELoss", "PCMEPPLoss", "distance_bce_with_logits", "mix_images"]

@@ -1,0 +1,183 @@
+"""BCE-with-logits over a distance matrix: the matching term of PCME++, as one fused op.
+
+``distance_bce_with_logits(distance, target, scale=a, shift=b)`` equals
+``torch.nn.functional.binary_cross_entropy_with_logits(-a * distance + b, target)``, but the
+forward pass is one vectorised C++ pass over the matrix that also forms every gradient (with
+respect to the distances, the scale and the shift), so the backward pass is a single scaling. On
+the CPU it replaces the ~10 element-wise passes and temporaries torch's composite spends on the
+logits, the loss and its backward (measured 1.1 ms against 6-7 ms at 1024 x 1024, 2 threads). CUDA
+tensors take the same formulas in torch operations.
+
+Combined with :func:`pcmekit.pairwise_distance`, whose backward pass is a kernel too, it is the
+PCME++-style training step of ``pcmekit bench pairwise``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+from .. import _C
+from .._core import get_num_threads, matrix_view
+
+__all__ = ["distance_bce_with_logits"]
+
+Scalar = Union[float, torch.Tensor]
+
+_REDUCTIONS = ("mean", "sum")
+
+
+def _bce_torch(
+    distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The op's formulas in torch operations (CUDA), computed in float32 for 16-bit distances."""
+    work = distance.float() if distance.dtype in (torch.float16, torch.bfloat16) else distance
+    s = scale.to(device=work.device, dtype=work.dtype)
+    t = shift.to(device=work.device, dtype=work.dtype)
+    x = (-s) * work + t
+    if target is None:
+        y = torch.eye(work.shape[0], work.shape[1], dtype=work.dtype, device=work.device)
+    else:
+        y = target.to(work.dtype)
+    weight = 1.0 / max(work.numel(), 1) if mean else 1.0
+    terms = x.clamp_min(0) - x * y + torch.log1p(torch.exp(-x.abs()))
+    q = torch.sigmoid(x) - y
+    loss = terms.sum() * weight if work.numel() or not mean else work.new_tensor(float("nan"))
+    grad = (q * (-s * weight)).to(distance.dtype)
+    grad_scale = -(q * work).sum() * weight
+    grad_shift = q.sum() * weight
+    return loss, grad, grad_scale.to(scale.dtype), grad_shift.to(shift.dtype)
+
+
+@torch.library.custom_op("pcmekit::distance_bce_with_logits", mutates_args=())
+def _bce_op(
+    distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dloss/ddistance, dloss/dscale, dloss/dshift), all formed by the forward pass."""
+    if distance.device.type != "cpu":
+        return _bce_torch(distance, target, scale, shift, mean)
+    grad = torch.empty(distance.shape, dtype=distance.dtype)
+    loss, grad_scale, grad_shift = _C.distance_bce(
+        matrix_view(distance),
+        matrix_view(target),
+        matrix_view(grad),
+        float(scale),
+        float(shift),
+        mean,
+        get_num_threads(),
+    )
+    return (
+        torch.tensor(loss, dtype=distance.dtype),
+        grad,
+        torch.tensor(grad_scale, dtype=scale.dtype, device=scale.device),
+        torch.tensor(grad_shift, dtype=shift.dtype, device=shift.device),
+    )
+
+
+@_bce_op.register_fake
+def _(distance, target, scale, shift, mean):
+    loss_dtype = torch.float32 if distance.dtype in (torch.float16, torch.bfloat16) else distance.dtype
+    return (
+        distance.new_empty((), dtype=loss_dtype),
+        torch.empty_like(distance, memory_format=torch.contiguous_format),
+        scale.new_empty(()),
+        shift.new_empty(()),
+    )
+
+
+def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor, ...]) -> None:
+    _, grad, grad_scale, grad_shift = output
+    ctx.save_for_backward(grad, grad_scale, grad_shift)
+
+
+def _backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
+    grad, grad_scale, grad_shift = ctx.saved_tensors
+    g_distance = g_scale = g_shift = None
+    if ctx.needs_input_grad[0]:
+        g_distance = grad * grad_loss.to(grad.dtype)
+    if ctx.needs_input_grad[2]:
+        g_scale = grad_scale * grad_loss.to(device=grad_scale.device, dtype=grad_scale.dtype)
+    if ctx.needs_input_grad[3]:
+        g_shift = grad_shift * grad_loss.to(device=grad_shift.device, dtype=grad_shift.dtype)
+    return g_distance, None, g_scale, g_shift, None
+
+
+_bce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _as_scalar_tensor(value: Scalar, name: str, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {value.dtype}")
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or a one-element tensor, got {type(value).__name__}")
+    return torch.tensor(float(value), dtype=like.dtype if like.dtype == torch.float64 else torch.float32, device=like.device)
+
+
+def distance_bce_with_logits(
+    distance: torch.Tensor,
+    target: Optional[torch.Tensor] = None,
+    *,
+    scale: Scalar = 5.0,
+    shift: Scalar = 5.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """BCE-with-logits of the match logits ``shift - scale * distance`` against ``target``.
+
+    The same value as ``F.binary_cross_entropy_with_logits(-scale * distance + shift, target,
+    reduction=reduction)``, in one fused pass (module docstring). With
+    ``distance = pcmekit.pairwise_distance(img, txt, metric="csd")`` and learnable ``scale`` and
+    ``shift`` it is PCME++'s matching loss for one direction (PCME++ counts it for i2t and t2i).
+
+    Args:
+        distance: ``[N, M]`` floating tensor (float32 or float64 on the CPU), e.g. from
+            :func:`pcmekit.pairwise_distance`. Any strides.
+        target: ``[N, M]`` match matrix with values in [0, 1] (soft labels allowed); ``None`` means
+            the identity (pair i matches caption i). Converted to the distance's dtype; it gets
+            no gradient.
+        scale, shift: numbers or one-element floating tensors; tensors that require grad get
+            their gradients (computed in the same pass).
+        reduction: ``"mean"`` over all N M pairs (NaN when there are none, as in torch) or
+            ``"sum"``.
+
+    Returns:
+        0-dim tensor (float32 for 16-bit distances on CUDA), differentiable with respect to
+        ``distance``, ``scale`` and ``shift``.
+
+    Accuracy: float32 sums are accumulated in double; exp and log1p are evaluated by polynomials
+    within a few float32 ulp (tests/test_bce.py compares with float64 torch).
+
+    Raises:
+        TypeError: ``distance`` not a floating tensor, or bad ``scale``/``shift`` types.
+        ValueError: ``distance`` not 2-D, ``target`` of another shape or device, ``target``
+            requiring grad, unknown ``reduction``, non-finite ``scale``/``shift``.
+    """
+    if not isinstance(distance, torch.Tensor):
+        raise TypeError(f"distance must be a torch.Tensor, got {type(distance).__name__}")
+    if not distance.is_floating_point():
+        raise TypeError(f"distance must be floating point, got dtype {distance.dtype}")
+    if distance.dim() != 2:
+        raise ValueError(f"distance must be 2-D [N, M], got shape {tuple(distance.shape)}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if target is not None:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch.Tensor or None, got {type(target).__name__}")
+        if target.shape != distance.shape:
+            raise ValueError(
+                f"target must have the distance's shape {tuple(distance.shape)}, got {tuple(target.shape)}"
+            )
+        if target.device != distance.device:
+            raise ValueError(f"target must be on {distance.device}, got {target.device}")
+        if target.requires_grad and torch.is_grad_enabled():
+            raise ValueError("target requires grad, but distance_bce_with_logits gives it no gradient; detach it")
+        if target.dtype != distance.dtype:
+            target = target.to(distance.dtype)
+    s = _as_scalar_tensor(scale, "scale", distance)
+    t = _as_scalar_tensor(shift, "shift", distance)
+    loss, _, _, _ = _bce_op(distance, target, s, t, reduction == "mean")
+    return loss
