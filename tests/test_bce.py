@@ -265,3 +265,114 @@ def test_kernel_may_overwrite_the_distance_with_its_gradient():
         got = _C.distance_bce(matrix_view(in_place), None, matrix_view(in_place), 5.0, 5.0, True, 2)
         assert got == expected
         assert torch.equal(in_place, grad)
+
+
+# ------------------------------------------------------------------------------------------------
+# pairwise_bce_loss: distance and BCE in one op
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["csd", "l2", "w2", "kl", "elk"])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (9, 7, 6), (40, 33, 17)])
+@pytest.mark.parametrize("soft", [False, True], ids=["identity", "soft-target"])
+def test_pairwise_bce_loss_matches_the_two_step_reference(device, metric, shape, soft):
+    n, m, d = shape
+    a = [t.requires_grad_() for t in gaussians(n, d, seed=5, device=device)]
+    b = [t.requires_grad_() for t in gaussians(m, d, seed=6, device=device)]
+    s = torch.tensor(3.0, dtype=torch.float64, device=device, requires_grad=True)
+    t = torch.tensor(2.0, dtype=torch.float64, device=device, requires_grad=True)
+    target = _soft_target(n, m).to(device) if soft else None
+    leaves = [*a, *b, s, t]
+    loss = pcmekit.pairwise_bce_loss(tuple(a), tuple(b), target, metric=metric, scale=s, shift=t, reduction="sum")
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)  # l2 leaves the logvars out
+    ref_leaves = [x.detach().clone().requires_grad_() for x in leaves]
+    distance = reference.pairwise_distance_naive(*ref_leaves[:4], metric)
+    y = torch.eye(n, m, dtype=torch.float64, device=device) if target is None else target
+    ref = F.binary_cross_entropy_with_logits(-ref_leaves[4] * distance + ref_leaves[5], y, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, ref_leaves, allow_unused=True)
+    torch.testing.assert_close(loss, ref)
+    for mine, theirs in zip(grads, ref_grads):
+        if theirs is None or mine is None:
+            assert metric == "l2" and (mine is None or not mine.any())
+            continue
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_pairwise_bce_loss_float32_step_and_probembedding_form():
+    a = pcmekit.ProbEmbedding(*(x.float() for x in gaussians(65, 40, seed=1)))
+    b = pcmekit.ProbEmbedding(*(x.float() for x in gaussians(65, 40, seed=2)))
+    leaves = [a.mean.requires_grad_(), a.logvar.requires_grad_(), b.mean.requires_grad_(), b.logvar.requires_grad_()]
+    loss = pcmekit.pairwise_bce_loss(a, b)
+    grads = torch.autograd.grad(loss * 3.0, leaves)  # an upstream gradient other than 1
+    two_step = pcmekit.distance_bce_with_logits(pcmekit.pairwise_distance(*leaves, metric="csd"))
+    ref_grads = torch.autograd.grad(two_step * 3.0, leaves)
+    assert torch.equal(loss, two_step)  # the same kernels, the same order
+    for mine, theirs in zip(grads, ref_grads):
+        # The upstream 3 scales the gradients here and G there: a rounding apart, relative to
+        # the largest element (2 (mu s - G mu') cancels in places).
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6 * theirs.abs().max().item())
+
+
+def test_pairwise_bce_loss_gradcheck_float64():
+    leaves = [t.requires_grad_() for t in (*gaussians(5, 3, seed=7), *gaussians(4, 3, seed=8))]
+    s = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    target = _soft_target(5, 4)
+    assert torch.autograd.gradcheck(
+        lambda am, al, bm, bl, s, t: pcmekit.pairwise_bce_loss((am, al), (bm, bl), target, scale=s, shift=t),
+        (*leaves, s, t),
+    )
+
+
+def test_pairwise_bce_loss_empty_and_non_contiguous():
+    a = gaussians(0, 4, seed=1)
+    b = gaussians(3, 4, seed=2)
+    assert torch.isnan(pcmekit.pairwise_bce_loss(a, b))
+    assert pcmekit.pairwise_bce_loss(a, b, reduction="sum").item() == 0.0
+    wide_a = gaussians(6, 10, seed=3)
+    wide_b = gaussians(5, 10, seed=4)
+    strided = [x[:, ::2] for x in (*wide_a, *wide_b)]
+    dense = [x.contiguous() for x in strided]
+    torch.testing.assert_close(
+        pcmekit.pairwise_bce_loss(strided[:2], strided[2:]), pcmekit.pairwise_bce_loss(dense[:2], dense[2:]), rtol=0, atol=0
+    )
+
+
+def test_pairwise_bce_loss_opcheck_and_compile():
+    leaves = [t.requires_grad_() for t in (*gaussians(6, 4, seed=1), *gaussians(5, 4, seed=2))]
+    s = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    op = torch.ops.pcmekit.pairwise_bce_with_logits.default
+    torch.library.opcheck(op, (*leaves, None, s, t, "csd", True))
+    torch.library.opcheck(op, (*leaves, _soft_target(6, 5), s, t, "w2", False))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(am, al, bm, bl):
+        return pcmekit.pairwise_bce_loss((am, al), (bm, bl))
+
+    loss = step(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    ref_leaves = [x.detach().clone().requires_grad_() for x in leaves]
+    ref = reference.pcmepp_style_loss(reference.pairwise_distance_naive(*ref_leaves, "csd"))
+    torch.testing.assert_close(loss, ref)
+    for mine, theirs in zip(grads, torch.autograd.grad(ref, ref_leaves)):
+        torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda a, b: pcmekit.pairwise_bce_loss(a[0], b), TypeError, "a must be a ProbEmbedding or a \\(mean, logvar\\) pair, got Tensor"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(a, (b[0][:, :2], b[1][:, :2])), ValueError, "b_mean must have shape \\[M, D\\] with D == a_mean's D"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(a, b, metric="cosine"), ValueError, "metric must be one of"),
+        (lambda a, b: pcmekit.pairwise_bce_loss((a[0], None), b), ValueError, "metric 'csd' needs a_logvar and b_logvar"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(a, b, torch.eye(3)), ValueError, r"target must have the distance's shape \(3, 4\), got \(3, 3\)"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(tuple(x.numpy() for x in a), tuple(x.numpy() for x in b)), TypeError, "takes torch tensors"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(a, b, reduction="none"), ValueError, "reduction must be one of"),
+        (lambda a, b: pcmekit.pairwise_bce_loss(a, b, scale=None), TypeError, "scale must be a number"),
+    ],
+)
+def test_pairwise_bce_loss_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call(gaussians(3, 5, seed=1), gaussians(4, 5, seed=2))

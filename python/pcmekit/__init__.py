@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import losses, reference, retrieval
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
-from .losses import distance_bce_with_logits
+from .losses import distance_bce_with_logits, pairwise_bce_loss
 from .montecarlo import match_logprob, match_prob
 from .ops import pairwise_distance
 from .retrieval import topk
@@ -26,6 +26,7 @@ __all__ = [
     "losses",
     "match_logprob",
     "match_prob",
+    "pairwise_bce_loss",
     "pairwise_distance",
     "reference",
     "retrieval",

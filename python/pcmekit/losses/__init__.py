@@ -4,7 +4,8 @@
 * :class:`InfoNCELoss` -- the deterministic CLIP-style baseline on the means.
 * :class:`PCMELoss` -- PCME v1's Monte-Carlo loss (match probability by sampling).
 * :func:`distance_bce_with_logits` -- the BCE-with-logits of ``shift - scale * distance``
-  (PCME++'s matching term) as one fused op over a distance matrix.
+  (PCME++'s matching term) as one fused op over a distance matrix; :func:`pairwise_bce_loss`
+  the same on ``pairwise_distance(a, b)``, distance and BCE in one op.
 * :func:`mix_images` -- MixUp / CutMix of image i with image B-1-i, returning the soft match matrix.
 
 Every loss module is called as ``loss_fn(img, txt, matched=None)`` and returns ``(loss, parts)``; with
@@ -13,10 +14,10 @@ Every loss module is called as ``loss_fn(img, txt, matched=None)`` and returns `
 
 from __future__ import annotations
 
-from .bce import distance_bce_with_logits
+from .bce import distance_bce_with_logits, pairwise_bce_loss
 from .infonce import InfoNCELoss
 from .mix import mix_images
 from .pcme import PCMELoss
 from .pcmepp import PCMEPPLoss
 
-__all__ = ["InfoNCELoss", "PCMELoss", "PCMEPPLoss", "distance_bce_with_logits", "mix_images"]
+__all__ = ["InfoNCELoss", "PCMELoss", "PCMEPPLoss", "distance_bce_with_logits", "mix_images", "pairwise_bce_loss"]
