@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 
 #include "cpu/gemm.h"
@@ -269,7 +270,15 @@ template <typename T, int W>
 PCMEKIT_AVX2_INLINE void pack_adjacent_lanes_x86(int64_t panels, int64_t kc, const T* src,
                                                  int64_t depth_stride, T* dst) {
   constexpr int G = 32 / sizeof(T), TAIL = W % G;
+  // Depths are far apart in memory (a row of G, say, 4 KiB on): the hardware prefetcher does not
+  // follow them, so the rows a few depths on are requested now.
+  constexpr int64_t kAhead = 4;
+  const int64_t row_bytes = panels * W * int64_t(sizeof(T));
   for (int64_t p = 0; p < kc; ++p, src += depth_stride, dst += W) {
+    if (p + kAhead < kc) {
+      const char* next = reinterpret_cast<const char*>(src + kAhead * depth_stride);
+      for (int64_t b = 0; b < row_bytes; b += kCacheLine) __builtin_prefetch(next + b);
+    }
     for (int64_t q = 0; q < panels; ++q) {
       const T* s = src + q * W;
       T* d = dst + q * kc * W;
@@ -285,8 +294,11 @@ PCMEKIT_AVX2_INLINE void pack_x86(int64_t lanes, int64_t kc, const T* src, int64
                                   int64_t depth_stride, T* dst) {
   int64_t l0 = 0;
   if (lane_stride == 1) {
-    // A few panels at a time keep the written lines in L1 (16 KiB per panel at most).
-    constexpr int64_t kPanelsPerPass = 4;
+    // A pass reads whole cache lines of every depth (a 6-float panel is 24 bytes: 16 of them
+    // make 6 lines), at least 256 bytes; few enough panels that the lines written stay in L1.
+    constexpr int64_t kBytes = W * int64_t(sizeof(T));
+    constexpr int64_t kUnit = kCacheLine / std::gcd(kBytes, kCacheLine);  // panels per whole lines
+    constexpr int64_t kPanelsPerPass = kUnit * ((256 + kUnit * kBytes - 1) / (kUnit * kBytes));
     for (; l0 + W <= lanes; l0 += kPanelsPerPass * W) {
       const int64_t panels = std::min(kPanelsPerPass, (lanes - l0) / W);
       pack_adjacent_lanes_x86<T, W>(panels, kc, src + l0, depth_stride, dst + l0 * kc);
