@@ -8,8 +8,8 @@
    followed by torch's BCE.
 
 Each against ``pcmekit.reference``: ``pairwise_distance_fast`` (GEMM form), then for the loss
-``pcmepp_style_loss`` (torch's BCE-with-logits), in the same process; the loss rows are timed in
-turn (a, b, c, a, b, c, ...) so that a change in machine load affects them alike.
+``pcmepp_style_loss`` (torch's BCE-with-logits), in the same process; the rows of a case are timed
+in turn (a, b, c, a, b, c, ...) so that a change in machine load affects them alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from .. import ops, reference
 from ..losses import distance_bce_with_logits, pairwise_bce_loss
-from . import BenchConfig, interleaved_medians, median_time, row
+from . import BenchConfig, interleaved_medians, row
 
 SUITE = "pairwise"
 
@@ -59,8 +59,13 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
     del ours, base
     case = f"csd matrix N=M={n} D={d} fp32 fwd"
     flops = 2.0 * n * n * d
-    t_ours = median_time(lambda: ops.pairwise_distance(am, al, bm, bl, metric="csd"), config.repeats, config.warmup, dev)
-    t_base = median_time(lambda: reference.pairwise_distance_fast(am, al, bm, bl, "csd"), config.repeats, config.warmup, dev)
+    t_ours, t_base = interleaved_medians(
+        [
+            lambda: ops.pairwise_distance(am, al, bm, bl, metric="csd"),
+            lambda: reference.pairwise_distance_fast(am, al, bm, bl, "csd"),
+        ],
+        config,
+    )
     rows.append(row(SUITE, case, "pcmekit", t_ours, flops=flops))
     rows.append(row(SUITE, case, "torch (GEMM form)", t_base, baseline=True, flops=flops))
 
