@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import torch
 
 import pcmekit
@@ -16,3 +21,14 @@ def gaussians(n: int, d: int, *, dtype=torch.float64, device="cpu", seed=0, spre
     mean = torch.randn(n, d, generator=g, dtype=torch.float64) * spread
     logvar = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5 - 1.0
     return mean.to(device=device, dtype=dtype), logvar.to(device=device, dtype=dtype)
+
+
+def run_under_capabilities(script: str, capabilities=("generic", "avx2")) -> list:
+    """Runs ``script`` in a fresh Python once per PCMEKIT_CPU_CAPABILITY value (the SIMD path is
+    chosen once per process) and returns what each printed, parsed as JSON."""
+    results = []
+    for cap in capabilities:
+        env = {**os.environ, "PCMEKIT_CPU_CAPABILITY": cap}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        results.append(json.loads(run.stdout))
+    return results

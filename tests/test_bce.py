@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pcmekit
-from _helpers import DEVICES, gaussians
+from _helpers import DEVICES, gaussians, run_under_capabilities
 from pcmekit import reference
 
 SHAPES = [(1, 1), (3, 17), (17, 3), (33, 33), (257, 40), (1030, 9)]
@@ -167,12 +162,7 @@ for tgt in (None, y):
     out.append([loss.item(), grad.flatten().tolist()])
 print(json.dumps(out))
 """
-    results = []
-    for cap in ("generic", "avx2"):
-        env = {**os.environ, "PCMEKIT_CPU_CAPABILITY": cap}
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        results.append(json.loads(run.stdout))
-    for (loss_a, grad_a), (loss_b, grad_b) in zip(*results):
+    for (loss_a, grad_a), (loss_b, grad_b) in zip(*run_under_capabilities(script)):
         assert loss_a == pytest.approx(loss_b, rel=1e-6)
         a, b = torch.tensor(grad_a), torch.tensor(grad_b)
         # A few float32 ulp of each element; sigmoid(x) - y cancels, so also of the largest.

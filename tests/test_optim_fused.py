@@ -17,11 +17,7 @@ an ulp for some inputs), so its results are compared within written-down toleran
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,6 +25,7 @@ import torch
 adamp = pytest.importorskip("adamp")
 
 import pcmekit.optim as optim_mod  # noqa: E402
+from _helpers import run_under_capabilities  # noqa: E402
 from pcmekit import _C, _core  # noqa: E402
 from pcmekit.optim import SGDP, AdamP  # noqa: E402
 from test_optim import (  # noqa: E402
@@ -369,11 +366,7 @@ for cls, kw in ((AdamP, dict(nesterov=True)), (SGDP, dict(lr=0.1, momentum=0.9))
         out.append([p.detach().flatten().tolist() for p in ps])
 print(json.dumps(out))
 """
-    results = []
-    for cap in ("generic", "avx2"):
-        env = {**os.environ, "PCMEKIT_CPU_CAPABILITY": cap}
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        results.append(json.loads(run.stdout))
+    results = run_under_capabilities(script)
     assert results[0] == results[1]
 
 

@@ -56,14 +56,15 @@ def _bce_torch(
     return loss, grad, grad_scale.to(scale.dtype), grad_shift.to(shift.dtype)
 
 
-@torch.library.custom_op("pcmekit::distance_bce_with_logits", mutates_args=())
-def _bce_op(
-    distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
+def _bce_cpu(
+    distance: torch.Tensor,
+    target: Optional[torch.Tensor],
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    mean: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, dloss/ddistance, dloss/dscale, dloss/dshift), all formed by the forward pass."""
-    if distance.device.type != "cpu":
-        return _bce_torch(distance, target, scale, shift, mean)
-    grad = torch.empty(distance.shape, dtype=distance.dtype)
+    """The C++ pass (``grad`` may be ``distance``, which it then overwrites), as the ops' outputs."""
     loss, grad_scale, grad_shift = _C.distance_bce(
         matrix_view(distance),
         matrix_view(target),
@@ -74,11 +75,21 @@ def _bce_op(
         get_num_threads(),
     )
     return (
-        torch.tensor(loss, dtype=distance.dtype),
+        torch.tensor(loss, dtype=grad.dtype),
         grad,
         torch.tensor(grad_scale, dtype=scale.dtype, device=scale.device),
         torch.tensor(grad_shift, dtype=shift.dtype, device=shift.device),
     )
+
+
+@torch.library.custom_op("pcmekit::distance_bce_with_logits", mutates_args=())
+def _bce_op(
+    distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dloss/ddistance, dloss/dscale, dloss/dshift), all formed by the forward pass."""
+    if distance.device.type != "cpu":
+        return _bce_torch(distance, target, scale, shift, mean)
+    return _bce_cpu(distance, target, torch.empty(distance.shape, dtype=distance.dtype), scale, shift, mean)
 
 
 @_bce_op.register_fake
@@ -158,28 +169,18 @@ def _pairwise_bce_op(
         distance = _pairwise_op(a_mean, a_logvar, b_mean, b_logvar, metric)
         return _bce_torch(distance, target, scale, shift, mean)
     buffer = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=a_mean.dtype)
-    view = matrix_view(buffer)
-    threads = get_num_threads()
     _C.pairwise_forward(
         METRICS.index(metric),
         matrix_view(a_mean),
         matrix_view(a_logvar),
         matrix_view(b_mean),
         matrix_view(b_logvar),
-        view,
-        threads,
+        matrix_view(buffer),
+        get_num_threads(),
         0,
     )
     # The distances are read once, by this pass, which overwrites them with their gradient.
-    loss, grad_scale, grad_shift = _C.distance_bce(
-        view, matrix_view(target), view, float(scale), float(shift), mean, threads
-    )
-    return (
-        torch.tensor(loss, dtype=buffer.dtype),
-        buffer,
-        torch.tensor(grad_scale, dtype=scale.dtype, device=scale.device),
-        torch.tensor(grad_shift, dtype=shift.dtype, device=shift.device),
-    )
+    return _bce_cpu(buffer, target, buffer, scale, shift, mean)
 
 
 @_pairwise_bce_op.register_fake
