@@ -23,6 +23,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -76,6 +77,11 @@ inline constexpr int64_t kMaxColumnBlock = 2048;
 // to a sleeping worker (OpenMP's or the pool's, cpu/parallel.h) and waiting for it takes up to
 // tens of microseconds, about a million multiply-adds of this kernel (an awake one, less).
 inline constexpr double kThreadCostFma = double(1 << 20);
+
+// Row blocks per thread when rows are handed out dynamically (gemm below): enough that the last
+// block to finish is a small part of the whole, few enough that each keeps a packed A block's
+// reuse of B.
+inline constexpr int64_t kChunksPerThread = 6;
 
 // Packing an element costs about as much as this many multiply-adds: ~0.25 ns (vectorised, from
 // L2/L3) against ~16 multiply-adds per cycle of the AVX2 kernel, more for strided operands.
@@ -286,11 +292,34 @@ void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
   const detail::Workspace<T> packed_b(0, k * plan.nc);
   const detail::Workspace<T> scratch(1, threads * layout.total);
   const int64_t tiles_m = detail::ceil_div(m, kern.mr);
+  // Row blocks handed out one at a time when the threads split rows only: the cores of a shared
+  // machine run at different speeds from one millisecond to the next (72-97 GFLOP/s measured on
+  // one vCPU), and with fixed halves the slower one sets the time (busy times 6.3-7.0 against
+  // 7.4-7.7 ms, 1024 x 1024 x 512). Each block is a whole number of packed A blocks' worth of
+  // rows, so nothing is packed twice; the sums are the same whichever thread computes them.
+  const int64_t chunk_tiles = std::max<int64_t>(
+      1, std::min(layout.mc / kern.mr, detail::ceil_div(tiles_m, threads * detail::kChunksPerThread)));
+  const bool dynamic = threads > 1 && plan.tn == 1 && tiles_m >= 2 * threads * chunk_tiles;
   for (int64_t jc = 0; jc < n; jc += plan.nc) {
     const int64_t nb = std::min(plan.nc, n - jc), panels = detail::ceil_div(nb, kern.nr);
     parallel_for(0, panels, 1, threads, [&](int64_t first, int64_t last, int) {
       detail::pack_b_panels(kern, plan, k, b, jc, nb, first, last, packed_b.get());
     });
+    if (dynamic) {
+      const int64_t chunks = detail::ceil_div(tiles_m, chunk_tiles);
+      std::atomic<int64_t> next{0};
+      parallel_for(0, threads, 1, threads, [&](int64_t worker, int64_t, int) {
+        T* own = scratch.get() + worker * layout.total;
+        for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+             c = next.fetch_add(1, std::memory_order_relaxed)) {
+          const int64_t m0 = c * chunk_tiles * kern.mr;
+          const int64_t m1 = std::min(m, m0 + chunk_tiles * kern.mr);
+          detail::gemm_rectangle(kern, plan, layout, m0, m1, jc, 0, nb, k, a, packed_b.get(), own,
+                                 epilogue);
+        }
+      });
+      continue;
+    }
     parallel_for(0, threads, 1, threads, [&](int64_t lo, int64_t hi, int) {
       for (int64_t block = lo; block < hi; ++block) {
         const int64_t bi = block / plan.tn, bj = block % plan.tn;
