@@ -108,14 +108,21 @@ def _pairwise_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Ten
     ctx.metric = metric
 
 
+def _embedding_needs(
+    needs_input_grad: Sequence[bool], a_logvar: Optional[torch.Tensor], b_logvar: Optional[torch.Tensor]
+) -> List[bool]:
+    """Which of (a_mean, a_logvar, b_mean, b_logvar) need a gradient (the first four inputs)."""
+    return [
+        bool(needs_input_grad[0]),
+        bool(needs_input_grad[1]) and a_logvar is not None,
+        bool(needs_input_grad[2]),
+        bool(needs_input_grad[3]) and b_logvar is not None,
+    ]
+
+
 def _pairwise_backward(ctx: Any, grad_out: torch.Tensor):
     a_mean, a_logvar, b_mean, b_logvar = ctx.saved_tensors
-    needs = [
-        bool(ctx.needs_input_grad[0]),
-        bool(ctx.needs_input_grad[1]) and a_logvar is not None,
-        bool(ctx.needs_input_grad[2]),
-        bool(ctx.needs_input_grad[3]) and b_logvar is not None,
-    ]
+    needs = _embedding_needs(ctx.needs_input_grad, a_logvar, b_logvar)
     grads = _pairwise_backward_op(grad_out, a_mean, a_logvar, b_mean, b_logvar, ctx.metric, needs)
     return (*(g if need else None for g, need in zip(grads, needs)), None)
 

@@ -25,7 +25,7 @@ from .. import _C
 from .._checks import METRICS, check_metric, prepare_pair
 from .._core import get_num_threads, matrix_view
 from ..embedding import ProbEmbedding
-from ..ops import _out_dtype, _pairwise_backward_op, _pairwise_op
+from ..ops import _embedding_needs, _out_dtype, _pairwise_backward_op, _pairwise_op
 
 __all__ = ["distance_bce_with_logits", "pairwise_bce_loss"]
 
@@ -108,15 +108,16 @@ def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[torch.Tensor
     ctx.save_for_backward(grad, grad_scale, grad_shift)
 
 
+def _times(saved: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """A gradient formed for an upstream gradient of 1, times the actual one."""
+    return saved * grad_loss.to(device=saved.device, dtype=saved.dtype)
+
+
 def _backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
     grad, grad_scale, grad_shift = ctx.saved_tensors
-    g_distance = g_scale = g_shift = None
-    if ctx.needs_input_grad[0]:
-        g_distance = grad * grad_loss.to(grad.dtype)
-    if ctx.needs_input_grad[2]:
-        g_scale = grad_scale * grad_loss.to(device=grad_scale.device, dtype=grad_scale.dtype)
-    if ctx.needs_input_grad[3]:
-        g_shift = grad_shift * grad_loss.to(device=grad_shift.device, dtype=grad_shift.dtype)
+    g_distance = grad * grad_loss.to(grad.dtype) if ctx.needs_input_grad[0] else None
+    g_scale = _times(grad_scale, grad_loss) if ctx.needs_input_grad[2] else None
+    g_shift = _times(grad_shift, grad_loss) if ctx.needs_input_grad[3] else None
     return g_distance, None, g_scale, g_shift, None
 
 
@@ -203,12 +204,7 @@ def _pairwise_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[tor
 
 def _pairwise_backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
     a_mean, a_logvar, b_mean, b_logvar, grad, grad_scale, grad_shift = ctx.saved_tensors
-    needs = [
-        bool(ctx.needs_input_grad[0]),
-        bool(ctx.needs_input_grad[1]) and a_logvar is not None,
-        bool(ctx.needs_input_grad[2]),
-        bool(ctx.needs_input_grad[3]) and b_logvar is not None,
-    ]
+    needs = _embedding_needs(ctx.needs_input_grad, a_logvar, b_logvar)
     embedding_grads: List[Optional[torch.Tensor]] = [None] * 4
     if any(needs):
         # The kernel's gradients are for an upstream gradient of 1; scale them in place (four
@@ -216,11 +212,8 @@ def _pairwise_backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
         grads = _pairwise_backward_op(grad, a_mean, a_logvar, b_mean, b_logvar, ctx.metric, needs)
         g = grad_loss.to(device=a_mean.device, dtype=a_mean.dtype)
         embedding_grads = [x.mul_(g) if need else None for x, need in zip(grads, needs)]
-    g_scale = g_shift = None
-    if ctx.needs_input_grad[5]:
-        g_scale = grad_scale * grad_loss.to(device=grad_scale.device, dtype=grad_scale.dtype)
-    if ctx.needs_input_grad[6]:
-        g_shift = grad_shift * grad_loss.to(device=grad_shift.device, dtype=grad_shift.dtype)
+    g_scale = _times(grad_scale, grad_loss) if ctx.needs_input_grad[5] else None
+    g_shift = _times(grad_shift, grad_loss) if ctx.needs_input_grad[6] else None
     return (*embedding_grads, None, g_scale, g_shift, None, None)
 
 
