@@ -76,7 +76,14 @@ py::dict build_config() {
   info["cuda_compiled"] = true;
   info["cuda_archs"] = std::string(PCMEKIT_CUDA_ARCHS);
   info["cuda_runtime"] = cuda::runtime_version_string();
+#ifdef PCMEKIT_CUDA_EMU
+  // The CUDA back end runs on the CPU emulator of tests/cuemu: CPU memory is its device memory.
+  info["cuda_emulated"] = true;
 #else
+  info["cuda_emulated"] = false;
+#endif
+#else
+  info["cuda_emulated"] = false;
   info["cuda_compiled"] = false;
   info["cuda_archs"] = std::string();
   info["cuda_runtime"] = py::none();
@@ -88,7 +95,9 @@ py::dict build_config() {
 }
 
 int cuda_device_count() {
-#ifdef PCMEKIT_WITH_CUDA
+#if defined(PCMEKIT_CUDA_EMU)
+  return 0;  // the emulated device runs on CPU memory; torch has no CUDA tensors for it
+#elif defined(PCMEKIT_WITH_CUDA)
   return cuda::device_count();
 #else
   return 0;

@@ -22,7 +22,8 @@ class CoreTypeError(TypeError):
 class BuildConfig(TypedDict):
     version: str
     cuda_compiled: bool
-    cuda_archs: str  # comma-separated CMake architectures, "" without CUDA
+    cuda_archs: str  # comma-separated CMake architectures, "" without CUDA, "cuemu" emulated
+    cuda_emulated: bool  # the CUDA back end runs on the CPU emulator (tests/cuemu; test builds only)
     cuda_runtime: Optional[str]  # CUDA runtime version the core was linked with, None without CUDA
     cpu_simd: str  # "avx512", "avx2" or "generic": the CPU micro-kernel this machine gets
     cpu_threading: str  # "openmp (<library>)" (torch's runtime) or "pcmekit pool"
