@@ -3,8 +3,9 @@
 // Direct form, one thread per (query, gallery item) pair:
 //  * a block is 256 threads, 8 warps; warp w owns query i0 + w, lane l owns gallery item j0 + l,
 //    so a block covers an 8 x 32 tile of pairs; blocks walk the tiles with a grid-stride loop;
-//  * the J x J sample pairs are taken in sub-blocks of at most 8 x 8 (samples s0.., t0..), whose
-//    squared distances a thread keeps in 64 registers while the dimensions stream through
+//  * the J x J sample pairs are taken in sub-blocks of at most 8 x 8 (forward) or 8 x 4
+//    (backward) samples (s0.., t0..), whose squared distances a thread keeps in registers while
+//    the dimensions stream through
 //    shared memory in chunks of kChunk: the samples z = mu + exp(lv / 2) eps of the tile's 8
 //    queries and 32 gallery items are computed once per chunk when staged;
 //  * forward: each distance goes into an online log-sum-exp of log sigmoid(l) and one of
@@ -32,7 +33,12 @@ namespace {
 constexpr int kWarps = 8;                  // queries per tile (one warp each)
 constexpr int kLanes = 32;                 // gallery items per tile (one lane each)
 constexpr int kThreads = kWarps * kLanes;  // 256
-constexpr int kSub = 8;                    // samples per side in a register sub-block
+constexpr int kSub = 8;   // query samples in a register sub-block (and gallery samples, forward)
+// Gallery samples per sub-block in the backward pass: its weights w[kSub][kSubB] and gradient
+// sums stay in registers across a whole pass over the dimensions, and at 8 x 8 the kernel needed
+// 240-248 registers at 256 threads (one block per SM, 12% occupancy, no room left); 8 x 4
+// halves them, at the price of recomputing the query side's staging once more per sub-block.
+constexpr int kSubB = 4;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 // Dimensions staged per step: 16 (float) or 8 (double), so that the backward pass's four staged
@@ -106,28 +112,28 @@ struct Problem {
 // Shared memory of one block: samples (and, for the backward pass, their noise sigma * eps) of
 // the tile's queries and gallery items for one chunk of dimensions and one sub-block of samples.
 // Gallery rows are padded by one element so that the 32 lanes read 32 different banks.
-template <typename T>
+template <typename T, int kSA, int kSB>
 struct Stage {
-  T za[kWarps][kSub][kChunk<T>];
-  T zb[kLanes][kSub * kChunk<T> + 1];
+  T za[kWarps][kSA][kChunk<T>];
+  T zb[kLanes][kSB * kChunk<T> + 1];
 };
 
-template <typename T>
+template <typename T, int kSA, int kSB>
 struct NoiseStage {
-  T na[kWarps][kSub][kChunk<T>];
-  T nb[kLanes][kSub * kChunk<T> + 1];
+  T na[kWarps][kSA][kChunk<T>];
+  T nb[kLanes][kSB * kChunk<T> + 1];
 };
 
 // Stages z (and sigma * eps when `noise` is given) of items [i0, i0 + kItems), samples
-// [s0, s0 + kSub), dims [d0, d0 + kChunk) of one side; out-of-range entries are 0. Consecutive
+// [s0, s0 + kS), dims [d0, d0 + kChunk) of one side; out-of-range entries are 0. Consecutive
 // threads take consecutive dimensions, so the loads of row-major inputs coalesce.
-template <int kItems, typename T, typename Put>
+template <int kItems, int kS, typename T, typename Put>
 __device__ __forceinline__ void stage_side(const SideArgs<T>& side, int64_t samples, int64_t dim,
                                            int64_t i0, int64_t s0, int64_t d0, Put put) {
   constexpr int kC = kChunk<T>;
-  for (int e = threadIdx.x; e < kItems * kSub * kC; e += kThreads) {
-    const int item = e / (kSub * kC);
-    const int s = (e / kC) % kSub;
+  for (int e = threadIdx.x; e < kItems * kS * kC; e += kThreads) {
+    const int item = e / (kS * kC);
+    const int s = (e / kC) % kS;
     const int dd = e % kC;
     const int64_t i = i0 + item, k = s0 + s, d = d0 + dd;
     T z = T(0), noise = T(0);
@@ -141,34 +147,34 @@ __device__ __forceinline__ void stage_side(const SideArgs<T>& side, int64_t samp
 }
 
 // acc[s][t] = ||z_a(s0 + s) - z_b(t0 + t)||^2 for this thread's pair (query i0 + warp, gallery
-// item j0 + lane). Every thread of the block must call it (it synchronises).
-template <typename T>
-__device__ __forceinline__ void sub_block_distances(const Problem<T>& pb, Stage<T>& sh, int64_t i0,
+// item j0 + lane), s < kSA, t < kSB. Every thread of the block must call it (it synchronises).
+template <typename T, int kSA, int kSB>
+__device__ __forceinline__ void sub_block_distances(const Problem<T>& pb, Stage<T, kSA, kSB>& sh, int64_t i0,
                                                     int64_t j0, int64_t s0, int64_t t0,
-                                                    T (&acc)[kSub][kSub]) {
+                                                    T (&acc)[kSA][kSB]) {
   constexpr int kC = kChunk<T>;
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
 #pragma unroll
-  for (int s = 0; s < kSub; ++s)
+  for (int s = 0; s < kSA; ++s)
 #pragma unroll
-    for (int t = 0; t < kSub; ++t) acc[s][t] = T(0);
+    for (int t = 0; t < kSB; ++t) acc[s][t] = T(0);
   for (int64_t d0 = 0; d0 < pb.dim; d0 += kC) {
     __syncthreads();  // the previous chunk has been read
-    stage_side<kWarps>(pb.a, pb.samples, pb.dim, i0, s0, d0,
-                       [&](int q, int s, int dd, T z, T) { sh.za[q][s][dd] = z; });
-    stage_side<kLanes>(pb.b, pb.samples, pb.dim, j0, t0, d0,
-                       [&](int g, int t, int dd, T z, T) { sh.zb[g][t * kC + dd] = z; });
+    stage_side<kWarps, kSA>(pb.a, pb.samples, pb.dim, i0, s0, d0,
+                            [&](int q, int s, int dd, T z, T) { sh.za[q][s][dd] = z; });
+    stage_side<kLanes, kSB>(pb.b, pb.samples, pb.dim, j0, t0, d0,
+                            [&](int g, int t, int dd, T z, T) { sh.zb[g][t * kC + dd] = z; });
     __syncthreads();
 #pragma unroll 4
     for (int dd = 0; dd < kC; ++dd) {
-      T b[kSub];
+      T b[kSB];
 #pragma unroll
-      for (int t = 0; t < kSub; ++t) b[t] = sh.zb[lane][t * kC + dd];
+      for (int t = 0; t < kSB; ++t) b[t] = sh.zb[lane][t * kC + dd];
 #pragma unroll
-      for (int s = 0; s < kSub; ++s) {
+      for (int s = 0; s < kSA; ++s) {
         const T a = sh.za[warp][s][dd];
 #pragma unroll
-        for (int t = 0; t < kSub; ++t) {
+        for (int t = 0; t < kSB; ++t) {
           const T diff = a - b[t];
           acc[s][t] = fma(diff, diff, acc[s][t]);
         }
@@ -193,7 +199,7 @@ struct ForwardArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) match_forward_kernel(const ForwardArgs<T> args) {
-  __shared__ Stage<T> sh;
+  __shared__ Stage<T, kSub, kSub> sh;
   const Problem<T>& pb = args.pb;
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int64_t tiles_m = (pb.b.rows + kLanes - 1) / kLanes;
@@ -256,8 +262,8 @@ __device__ __forceinline__ T warp_sum(T v) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) match_backward_kernel(const BackwardArgs<T> args) {
   constexpr int kC = kChunk<T>;
-  __shared__ Stage<T> sh;
-  __shared__ NoiseStage<T> noise;
+  __shared__ Stage<T, kSub, kSubB> sh;
+  __shared__ NoiseStage<T, kSub, kSubB> noise;
   __shared__ T red_mu[kLanes][kC], red_lv[kLanes][kC];  // gallery side, summed over warps
   __shared__ T red_scalars[2][kWarps];
   const Problem<T>& pb = args.pb;
@@ -280,15 +286,15 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
       log_sq = args.log_q(i, j) + pb.log_j2;
     }
     for (int64_t s0 = 0; s0 < pb.samples; s0 += kSub)
-      for (int64_t t0 = 0; t0 < pb.samples; t0 += kSub) {
-        T w[kSub][kSub];
+      for (int64_t t0 = 0; t0 < pb.samples; t0 += kSubB) {
+        T w[kSub][kSubB];
         sub_block_distances(pb, sh, i0, j0, s0, t0, w);
         // Weights w_st = dL/dx_st, from dL/dl = sigmoid(l) sigmoid(-l) (g_p / S_p - g_q / S_q)
         // in log space (log sigmoid(l) sigmoid(-l) <= log S of either side: no overflow).
 #pragma unroll
         for (int s = 0; s < kSub; ++s)
 #pragma unroll
-          for (int t = 0; t < kSub; ++t) {
+          for (int t = 0; t < kSubB; ++t) {
             if (s0 + s >= pb.samples || t0 + t >= pb.samples) {
               w[s][t] = T(0);
               continue;
@@ -306,11 +312,11 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
         // through dz/dmu = 1, dz/dlv = sigma eps / 2.
         for (int64_t d0 = 0; d0 < pb.dim; d0 += kC) {
           __syncthreads();
-          stage_side<kWarps>(pb.a, pb.samples, pb.dim, i0, s0, d0, [&](int q, int s, int dd, T z, T n) {
+          stage_side<kWarps, kSub>(pb.a, pb.samples, pb.dim, i0, s0, d0, [&](int q, int s, int dd, T z, T n) {
             sh.za[q][s][dd] = z;
             noise.na[q][s][dd] = n;
           });
-          stage_side<kLanes>(pb.b, pb.samples, pb.dim, j0, t0, d0, [&](int g, int t, int dd, T z, T n) {
+          stage_side<kLanes, kSubB>(pb.b, pb.samples, pb.dim, j0, t0, d0, [&](int g, int t, int dd, T z, T n) {
             sh.zb[g][t * kC + dd] = z;
             noise.nb[g][t * kC + dd] = n;
           });
@@ -320,9 +326,9 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
           }
           __syncthreads();
           for (int dd = 0; dd < kC; ++dd) {
-            T b[kSub], gb[kSub];
+            T b[kSubB], gb[kSubB];
 #pragma unroll
-            for (int t = 0; t < kSub; ++t) {
+            for (int t = 0; t < kSubB; ++t) {
               b[t] = sh.zb[lane][t * kC + dd];
               gb[t] = T(0);
             }
@@ -332,7 +338,7 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
               const T a = sh.za[warp][s][dd];
               T gs = T(0);
 #pragma unroll
-              for (int t = 0; t < kSub; ++t) {
+              for (int t = 0; t < kSubB; ++t) {
                 const T c = T(2) * w[s][t] * (a - b[t]);
                 gs += c;
                 gb[t] -= c;
@@ -353,7 +359,7 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
             if (need_b) {
               T gb_mu = T(0), gb_lv = T(0);
 #pragma unroll
-              for (int t = 0; t < kSub; ++t) {
+              for (int t = 0; t < kSubB; ++t) {
                 gb_mu += gb[t];
                 gb_lv += gb[t] * noise.nb[lane][t * kC + dd];
               }
@@ -392,8 +398,10 @@ __global__ void __launch_bounds__(kThreads) match_backward_kernel(const Backward
   }
 }
 
+constexpr int kZeroThreads = 256;
+
 template <typename T>
-__global__ void zero_kernel(const Strided<T> out, int64_t rows, int64_t cols) {
+__global__ void __launch_bounds__(kZeroThreads) zero_kernel(const Strided<T> out, int64_t rows, int64_t cols) {
   const int64_t total = rows * cols;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x)
@@ -431,8 +439,8 @@ template <typename T>
 void zero(const MatrixView& v, cudaStream_t stream) {
   if (!v.present() || v.empty()) return;
   const int64_t total = v.rows * v.cols;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, kMaxBlocks));
-  zero_kernel<T><<<blocks, 256, 0, stream>>>(strided<T>(v), v.rows, v.cols);
+  const int blocks = static_cast<int>(std::min<int64_t>((total + kZeroThreads - 1) / kZeroThreads, kMaxBlocks));
+  zero_kernel<T><<<blocks, kZeroThreads, 0, stream>>>(strided<T>(v), v.rows, v.cols);
   PCMEKIT_CUDA_LAUNCH_CHECK(stream);
 }
 

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda/cuda_check.h"
 #include "pcmekit/pairwise.h"
@@ -56,6 +57,16 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;   // grid cap; the grid-stride 
 // them (24,960 bytes of static shared memory per block), backward 4 (16,640 bytes).
 template <typename Acc>
 constexpr int kChunk = sizeof(Acc) == 8 ? 8 : 16;
+
+// Minimum resident blocks per SM handed to ptxas (__launch_bounds__'s second argument; 0 leaves
+// ptxas's own register target). For these instantiations that target spills a few bytes
+// (bhattacharyya forward on 16-bit inputs: 12 bytes at 64 registers; l2 backward in float: 60
+// bytes at 128), and scripts/cuda_resources.py fails on any spill: the hint moves the target to
+// 85 registers (3 blocks) and 255 (1 block) respectively, where they fit.
+template <typename Term, typename S>
+constexpr int kForwardMinBlocks = std::is_same_v<Term, BhattacharyyaTerm> && sizeof(S) == 2 ? 3 : 0;
+template <typename Term, typename S>
+constexpr int kBackwardMinBlocks = std::is_same_v<Term, L2Term> && std::is_same_v<S, float> ? 1 : 0;
 
 // ---------------------------------------------------------------------------------------------
 // Storage types.
@@ -180,7 +191,7 @@ struct ForwardArgs {
 };
 
 template <typename Term, typename S, typename Acc>
-__global__ void __launch_bounds__(kThreads) pairwise_forward_kernel(const ForwardArgs<S, Acc> args) {
+__global__ void __launch_bounds__(kThreads, (kForwardMinBlocks<Term, S>)) pairwise_forward_kernel(const ForwardArgs<S, Acc> args) {
   constexpr int kK = kChunk<Acc>;
   __shared__ ChunkTile<Acc> a_mu, a_lv, a_var, b_mu, b_lv, b_var;
 
@@ -267,7 +278,7 @@ struct BackwardArgs {
 };
 
 template <typename Term, bool kOwnIsB, typename S, typename Acc>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (kBackwardMinBlocks<Term, S>))
     pairwise_backward_kernel(const BackwardArgs<S, Acc> args) {
   constexpr int kQ = kChunk<Acc>;
   __shared__ ChunkTile<Acc> g_s, o_mu, o_lv, o_var;
