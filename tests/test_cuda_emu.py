@@ -88,7 +88,9 @@ def run_pairwise(metric: str, a_mu, a_lv, b_mu, b_lv, device: str = "cuda", out=
     return out
 
 
-SHAPES = [(1, 1, 1), (3, 17, 5), (65, 257, 33), (1030, 70, 17), (64, 64, 64), (7, 5, 0)]
+SHAPES = [(1, 1, 1), (3, 17, 5), (65, 257, 33), (1030, 70, 17), (64, 64, 64), (40, 70, 512), (7, 5, 0)]
+# The CUDA error may exceed the CPU back end's by this much of the magnitude (about an ulp).
+SLACK = {torch.float32: 1e-7, torch.float64: 1e-15}
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -104,7 +106,7 @@ def test_pairwise_forward(metric, dtype, shape):
     assert err <= tol(dtype, d), f"{metric} {dtype} {shape}: error {err:.3g}"
     if dtype in (torch.float32, torch.float64):
         cpu_err = rel_err(run_pairwise(metric, a_mu, a_lv, b_mu, b_lv, device="cpu"), ref)
-        assert err <= 2 * cpu_err + tol(dtype, 1), f"CUDA error {err:.3g} vs the CPU's {cpu_err:.3g}"
+        assert err <= 2 * cpu_err + SLACK[dtype], f"CUDA error {err:.3g} vs the CPU's {cpu_err:.3g}"
 
 
 @pytest.mark.parametrize("metric", METRICS)

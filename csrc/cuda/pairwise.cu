@@ -59,12 +59,14 @@ template <typename Acc>
 constexpr int kChunk = sizeof(Acc) == 8 ? 8 : 16;
 
 // Minimum resident blocks per SM handed to ptxas (__launch_bounds__'s second argument; 0 leaves
-// ptxas's own register target). For these instantiations that target spills a few bytes
-// (bhattacharyya forward on 16-bit inputs: 12 bytes at 64 registers; l2 backward in float: 60
-// bytes at 128), and scripts/cuda_resources.py fails on any spill: the hint moves the target to
-// 85 registers (3 blocks) and 255 (1 block) respectively, where they fit.
+// ptxas's own register target). For these instantiations that target spills (bhattacharyya
+// forward on 16-bit inputs: 12 bytes at 80 registers; kl forward in double: 160 bytes at 128; l2
+// backward in float: 60 bytes at 128), and scripts/cuda_resources.py fails on any spill: the hint
+// moves the target to 128 registers (2 blocks) or 255 (1 block), where they fit.
 template <typename Term, typename S>
-constexpr int kForwardMinBlocks = std::is_same_v<Term, BhattacharyyaTerm> && sizeof(S) == 2 ? 3 : 0;
+constexpr int kForwardMinBlocks = std::is_same_v<Term, BhattacharyyaTerm> && sizeof(S) == 2 ? 2
+                                  : std::is_same_v<Term, KlTerm> && std::is_same_v<S, double> ? 1
+                                                                                               : 0;
 template <typename Term, typename S>
 constexpr int kBackwardMinBlocks = std::is_same_v<Term, L2Term> && std::is_same_v<S, float> ? 1 : 0;
 
@@ -224,6 +226,14 @@ __global__ void __launch_bounds__(kThreads, (kForwardMinBlocks<Term, S>)) pairwi
                    args.b_lv.row_stride);
       __syncthreads();
 
+      // Two-level sum: the chunk's terms into `part`, then `part` into `acc`. One float running
+      // sum over all D terms loses about D/16 times more to rounding than this (at D = 512 the
+      // error was 5x the CPU GEMM form's, whose vector lanes and blocks split the sum too).
+      Acc part[kRegs][kRegs];
+#pragma unroll
+      for (int r = 0; r < kRegs; ++r)
+#pragma unroll
+        for (int c = 0; c < kRegs; ++c) part[r][c] = Acc(0);
       // Only the nk valid dimensions: a padded dimension would add a nonzero term (csd: 2).
       for (int k = 0; k < nk; ++k) {
         Acc ma[kRegs], la[kRegs], va[kRegs], mb[kRegs], lb[kRegs], vb[kRegs];
@@ -243,8 +253,12 @@ __global__ void __launch_bounds__(kThreads, (kForwardMinBlocks<Term, S>)) pairwi
         for (int r = 0; r < kRegs; ++r)
 #pragma unroll
           for (int c = 0; c < kRegs; ++c)
-            acc[r][c] += Term::value(ma[r], la[r], va[r], mb[c], lb[c], vb[c]);
+            part[r][c] += Term::value(ma[r], la[r], va[r], mb[c], lb[c], vb[c]);
       }
+#pragma unroll
+      for (int r = 0; r < kRegs; ++r)
+#pragma unroll
+        for (int c = 0; c < kRegs; ++c) acc[r][c] += part[r][c];
       __syncthreads();  // before the next chunk overwrites the tiles
     }
 
