@@ -16,7 +16,7 @@ SANITIZE_DIR ?= build/sanitize
 SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py tests/test_optim_fused.py
 CXX ?= g++
 
-.PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build clean
+.PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build cuda-emu cuda-emu-build cuda-emu-asan cuda-resources clean
 
 all: test
 
@@ -90,6 +90,48 @@ cuda-build: env
 	rm -f build/cuda-wheel/pcmekit-*.whl
 	PCMEKIT_CUDA=ON PCMEKIT_CUDA_ARCHS=90 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
 	  -Cbuild-dir=build/cuda -w build/cuda-wheel .
+
+# The CUDA back end on the CPU (tests/cuemu, docs/design.md "CUDA emulator"):
+#   cuda-emu-build   csrc/cuda/*.cu compiled as C++ against the emulator, installed into
+#                    $(EMU_DIR)/site (its build_info() says cuda_emulated)
+#   cuda-emu         that build's CUDA tests against the CPU back end and the float64 reference,
+#                    the emulator's own self-test, the same under ASan+UBSan, and the ptxas
+#                    resource check of every kernel
+EMU_DIR ?= build/cuda-emu
+EMU_ASAN_DIR ?= build/cuda-emu-asan
+EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuemu_selftest.py
+EMU_ASAN_TESTS ?= $(EMU_TESTS)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+
+# emu_build DIR EXTRA-CMAKE-ARGS: the emulated extension, installed into DIR/site
+define emu_build
+	PCMEKIT_CUDA=OFF $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
+	  -Cbuild-dir=$(1)/build -Ccmake.define.PCMEKIT_CUDA_EMU=ON $(2) -w $(1)/wheel .
+	rm -rf $(1)/site
+	$(PY) -m pip install --quiet --no-deps --target $(1)/site $(1)/wheel/pcmekit-*.whl
+	rm -f $(1)/wheel/pcmekit-*.whl
+endef
+
+cuda-emu-build: env
+	$(call emu_build,$(EMU_DIR),)
+
+cuda-emu-asan: env
+	$(call emu_build,$(EMU_ASAN_DIR),-Ccmake.build-type=RelWithDebInfo -Ccmake.define.PCMEKIT_SANITIZE=ON)
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(EMU_ASAN_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(EMU_ASAN_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
+	  PCMEKIT_CUEMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider $(EMU_ASAN_TESTS)
+
+cuda-resources: env
+	$(PY) scripts/cuda_resources.py --nvcc $(NVCC)
+
+cuda-emu: cuda-emu-build
+	PYTHONPATH=$(EMU_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(EMU_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
+	  $(PY) -m pytest -q -p no:cacheprovider $(EMU_TESTS)
+	$(MAKE) cuda-emu-asan
+	@if [ -x "$(NVCC)" ] || command -v "$(NVCC)" >/dev/null 2>&1; then $(MAKE) cuda-resources; \
+	else echo "cuda-emu: no nvcc, so the ptxas resource check (make cuda-resources) is skipped"; fi
 
 clean:
 	rm -rf build results $(WHEEL_DIR)
