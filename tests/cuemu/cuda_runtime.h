@@ -62,41 +62,38 @@ inline int width_of(int width) { return width; }
 // ---------------------------------------------------------------------------------------------
 // Device functions. Blocks never overlap, so atomics are plain read-modify-writes.
 
+namespace cuemu::detail {
+template <typename T, typename F>
+inline T read_modify_write(T* address, F update) {
+  const T old = *address;
+  *address = update(old);
+  return old;
+}
+}  // namespace cuemu::detail
+
 template <typename T>
 inline T atomicAdd(T* address, T value) {
-  const T old = *address;
-  *address = old + value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T old) { return old + value; });
 }
 template <typename T>
 inline T atomicSub(T* address, T value) {
-  const T old = *address;
-  *address = old - value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T old) { return old - value; });
 }
 template <typename T>
 inline T atomicMax(T* address, T value) {
-  const T old = *address;
-  if (value > old) *address = value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T old) { return value > old ? value : old; });
 }
 template <typename T>
 inline T atomicMin(T* address, T value) {
-  const T old = *address;
-  if (value < old) *address = value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T old) { return value < old ? value : old; });
 }
 template <typename T>
 inline T atomicExch(T* address, T value) {
-  const T old = *address;
-  *address = value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T) { return value; });
 }
 template <typename T>
 inline T atomicCAS(T* address, T compare, T value) {
-  const T old = *address;
-  if (old == compare) *address = value;
-  return old;
+  return cuemu::detail::read_modify_write(address, [&](T old) { return old == compare ? value : old; });
 }
 
 inline void __threadfence() {}
