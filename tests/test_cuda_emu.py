@@ -336,7 +336,7 @@ def check_topk(values, indices, scores, descending, bound):
 
 
 @pytest.mark.parametrize("metric", ["csd", "l2", "kl", "elk"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("qnk", [(3, 65, 1), (3, 65, 65), (2, 1500, 1024), (5, 300, 17)], ids=lambda c: "x".join(map(str, c)))
 def test_topk_distances(metric, dtype, qnk):
     q, n, k = qnk
