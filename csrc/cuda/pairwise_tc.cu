@@ -202,6 +202,9 @@ __device__ __forceinline__ void load_run(const Input<S>& in, int64_t row, int64_
 template <Metric kMetric, typename S, typename Op>
 __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcArgs<S> args) {
 #ifndef PCMEKIT_TC_ARCH
+  (void)Form<kMetric>::alpha;
+  (void)Op::k;
+  (void)Op::from(0.0f);
   __trap();  // the host never launches it there (pairwise_forward_tensor_cores)
 #else
   using F = Form<kMetric>;
