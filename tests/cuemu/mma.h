@@ -11,8 +11,9 @@
 //    of 16 bytes, as the PTX ISA requires; anything else faults the launch.
 //  * opaque fragments: each lane holds num_elements values in x[] (8 floats of a 16 x 16
 //    accumulator, 4 TF32 values of a 16 x 8 A fragment, 8 halves of a 16 x 16 one); which
-//    matrix element lives where is deliberately not the hardware's, so code that relies on the
-//    layout (anything but element-wise ops on x[]) gives wrong results here.
+//    matrix element lives where is a scramble, deliberately not the hardware's nor any natural
+//    pattern, so code that relies on the layout (anything but element-wise ops on x[]) or reads
+//    other lanes' stored elements without __syncwarp gives wrong results here.
 //  * input rounding as the hardware does it: __float_to_tf32 rounds to nearest, ties away from
 //    zero (cvt.rna.tf32.f32); mma_sync on TF32 operands that were not converted uses their top
 //    19 bits only (the hardware ignores the low 13 mantissa bits); half and bfloat16 operands
@@ -131,13 +132,33 @@ inline float operand(float v) {  // an unconverted TF32 operand: the hardware re
 inline float operand(__half v) { return __half2float(v); }
 inline float operand(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// Which matrix element (row, col) element e of lane `lane` holds: interleaved across lanes, not
-// the hardware's layout (which no portable code may rely on).
+// Which matrix element (row, col) element e of lane `lane` holds: a scramble (lane-major index
+// times 7, modulo the element count) that is neither the hardware's layout nor a natural
+// pattern such as "lane + 32 e" or "lane's row", so code that relies on any layout -- or reads
+// other lanes' stored elements without __syncwarp -- fails here.
+template <typename Frag>
+constexpr int kTotal = Frag::rows * Frag::cols;
+
+template <typename Frag>
+constexpr int inverse_of_7() {
+  for (int x = 1; x < kTotal<Frag>; ++x)
+    if (7 * x % kTotal<Frag> == 1) return x;
+  return 0;
+}
+
 template <typename Frag>
 inline void position(int lane, int e, int& row, int& col) {
-  const int q = e * 32 + lane;
+  const int q = (lane * Frag::num_elements + e) * 7 % kTotal<Frag>;
   row = q / Frag::cols;
   col = q % Frag::cols;
+}
+
+// The lane and element that hold row-major position q: position's inverse.
+template <typename Frag>
+inline void owner(int q, int& lane, int& e) {
+  const int idx = q * inverse_of_7<Frag>() % kTotal<Frag>;
+  lane = idx / Frag::num_elements;
+  e = idx % Frag::num_elements;
 }
 
 inline Thread& lane_thread(const char* what) {
@@ -259,9 +280,11 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
     detail::position<FC>(t.lane, e, m, n);
     float acc = c.x[e];
     for (int k = 0; k < K; ++k) {
-      const int qa = m * FA::cols + k, qb = k * FB::cols + n;  // row-major positions in A, B
-      const float x = detail::operand(as[qa % 32]->x[qa / 32]);
-      const float y = detail::operand(bs[qb % 32]->x[qb / 32]);
+      int la, ea, lb, eb;
+      detail::owner<FA>(m * FA::cols + k, la, ea);  // row-major positions in A and B
+      detail::owner<FB>(k * FB::cols + n, lb, eb);
+      const float x = detail::operand(as[la]->x[ea]);
+      const float y = detail::operand(bs[lb]->x[eb]);
       acc = fmaf(x, y, acc);  // the product is exact: one rounding, that of the addition
     }
     result[e] = acc;

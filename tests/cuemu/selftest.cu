@@ -154,6 +154,18 @@ __global__ void wmma_diverging_pointer(const float* a) {
   wmma::load_matrix_sync(fa, a + (threadIdx.x % 2) * 8, 8);
 }
 
+// Each lane reads a stored element that (in the stand-in's layout) another lane holds: without
+// the __syncwarp between, a lane that runs first reads the 0xFF fill (NaN).
+__global__ void wmma_store_then_read(float* out, bool sync) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ float tile[16 * 16];
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+  if (sync) __syncwarp();
+  out[threadIdx.x] = tile[threadIdx.x * 8 + 3];
+}
+
 __global__ void tf32_round(const float* in, float* out, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = nvcuda::wmma::__float_to_tf32(in[i]);
 }
@@ -471,6 +483,18 @@ void case_tf32_rounding() {
   }
 }
 
+void case_wmma_store_needs_syncwarp() {
+  Buffer<float> out(32, 0.0f);
+  wmma_store_then_read<<<1, 32>>>(out.data, false);
+  EXPECT(launch_error().empty());
+  int unwritten = 0;
+  for (float v : out.get()) unwritten += std::isnan(v) ? 1 : 0;
+  EXPECT(unwritten > 0);
+  wmma_store_then_read<<<1, 32>>>(out.data, true);
+  EXPECT(launch_error().empty());
+  for (float v : out.get()) EXPECT(v == 1.0f);
+}
+
 void case_wmma_missing_lane() {
   Buffer<float> a(256, 1.0f), d(256);
   wmma_missing_lane<<<1, 32>>>(a.data, d.data);
@@ -551,6 +575,7 @@ int main(int argc, char** argv) {
       {"wmma_half", case_wmma_half},
       {"wmma_bfloat16", case_wmma_bfloat16},
       {"tf32_rounding", case_tf32_rounding},
+      {"wmma_store_needs_syncwarp", case_wmma_store_needs_syncwarp},
       {"wmma_missing_lane", case_wmma_missing_lane},
       {"wmma_bad_pointers", case_wmma_bad_pointers},
   };
