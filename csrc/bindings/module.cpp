@@ -30,8 +30,9 @@ Metric to_metric(int code) { return static_cast<Metric>(code); }
 
 void pairwise_forward_py(int metric, const ViewTuple& a_mean, const std::optional<ViewTuple>& a_logvar,
                          const ViewTuple& b_mean, const std::optional<ViewTuple>& b_logvar,
-                         const ViewTuple& out, int num_threads, uintptr_t stream) {
+                         const ViewTuple& out, int num_threads, uintptr_t stream, int precision) {
   PairwiseForwardParams p;
+  p.precision = static_cast<MatmulPrecision>(precision);  // the core validates the code
   p.metric = to_metric(metric);
   p.a_mean = to_view(a_mean, "a_mean");
   p.a_logvar = to_view(a_logvar, "a_logvar");
@@ -112,7 +113,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("pairwise_forward", &pairwise_forward_py, py::arg("metric"), py::arg("a_mean"),
         py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"), py::arg("out"),
-        py::arg("num_threads"), py::arg("stream"));
+        py::arg("num_threads"), py::arg("stream"), py::arg("precision") = 0);
   m.def("pairwise_backward", &pairwise_backward_py, py::arg("metric"), py::arg("grad_out"),
         py::arg("a_mean"), py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"),
         py::arg("grad_a_mean"), py::arg("grad_a_logvar"), py::arg("grad_b_mean"),

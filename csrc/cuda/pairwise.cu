@@ -16,12 +16,11 @@
 //  * blocks walk the output tiles with a grid-stride loop over a 1-D tile index, so no grid
 //    dimension limit applies whatever N, M and D are.
 //
-// Where the GEMM form goes later: csd, w2, l2 and kl are  row term + column term + alpha <f_a, f_b>
-// (see cpu/pairwise.cpp for the features). For them, the forward inner loop becomes a pure
-// multiply-add over feature chunks -- a TF32/BF16 tensor-core (mma.sync, or wgmma on sm_90a)
-// micro-kernel on the same 64 x 64 tiles -- with the row/column terms and the clamp at zero added
-// in the epilogue, and the backward becomes two GEMMs (G @ F_b, G^T @ F_a). bhattacharyya and elk
-// stay on this direct engine. Likewise 16-byte vector loads when the inputs are contiguous.
+// The GEMM form: csd, w2, l2 and kl are  row term + column term + alpha <f_a, f_b>  (see
+// cpu/pairwise.cpp for the features). Their forward runs on tensor cores (pairwise_tc.cu) where
+// the dtype and the matmul precision allow it; otherwise, and for bhattacharyya and elk, float64
+// and every backward, this engine runs. Still to come: the backward as two GEMMs (G @ F_b,
+// G^T @ F_a) on tensor cores.
 //
 // Dtypes: float32 and float64 compute in their own type; float16 and bfloat16 inputs are loaded,
 // converted to float and accumulated in float; the distance matrix (and grad_out) are float32 for
@@ -36,6 +35,7 @@
 #include <type_traits>
 
 #include "cuda/cuda_check.h"
+#include "cuda/pairwise_tc.h"
 #include "pcmekit/pairwise.h"
 
 namespace pcmekit::cuda {
@@ -507,6 +507,8 @@ void pairwise_forward(const PairwiseForwardParams& p) {
   // N == 0 or M == 0: nothing to write. D == 0 still launches: out = offset.
   if (p.a_mean.rows == 0 || p.b_mean.rows == 0) return;
   const DeviceGuard guard(p.a_mean.device_index);
+  // csd/w2/l2/kl on tensor cores where the dtype and matmul precision allow (pairwise_tc.cu).
+  if (pairwise_forward_tensor_cores(p)) return;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   visit_storage(p.a_mean.dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;

@@ -38,6 +38,7 @@ def pairwise_forward(
     out: ViewTuple,  # [N, M], written
     num_threads: int,
     stream: int,  # cudaStream_t as an integer; 0 on the CPU
+    precision: int = 0,  # float32 matmul precision on CUDA: 0 highest, 1 high (TF32), 2 medium
 ) -> None: ...
 def pairwise_backward(
     metric: int,

@@ -123,6 +123,15 @@ inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 
+// The vector types of 16-byte (and 8-byte) accesses, with the hardware's alignment: a vector
+// access through a misaligned pointer is undefined behaviour that UBSan reports.
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
 // ---------------------------------------------------------------------------------------------
 // Runtime API: one emulated device (index 0), host memory as device memory.
 

@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -103,6 +105,69 @@ __global__ void block_sum(const double* in, int n, double* out) {
     for (unsigned t = 0; t < blockDim.x; ++t) s += partial[t];
     *out = s;
   }
+}
+
+// d = a b + c on one warp's wmma: a [16, K] row-major, b [K, 16] stored column-major
+// (b[n * K + k]), c and d [16, 16] row-major. Tag is the fragment's operand type.
+template <typename Tag, typename T, int K>
+__global__ void wmma_product(const T* a, const T* b, const float* c, float* d, bool convert) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, K, Tag, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, K, Tag, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, K, float> acc;
+  wmma::load_matrix_sync(fa, a, K);
+  wmma::load_matrix_sync(fb, b, K);
+  wmma::load_matrix_sync(acc, c, 16, wmma::mem_row_major);
+  if constexpr (std::is_same_v<Tag, wmma::precision::tf32>) {
+    if (convert) {
+      for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+      for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+    }
+  }
+  wmma::mma_sync(acc, fa, fb, acc);
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= 2.0f;  // element-wise ops on x[] are portable
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+// The last lane skips the mma: the warp can never complete it.
+__global__ void wmma_missing_lane(const float* a, float* d) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::load_matrix_sync(fa, a, 8);
+  wmma::load_matrix_sync(fb, a, 8);
+  if (threadIdx.x != 31) wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+__global__ void wmma_misaligned(const float* a) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a + 4, 8);  // 16 bytes past a 256-byte boundary
+}
+
+__global__ void wmma_diverging_pointer(const float* a) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a + (threadIdx.x % 2) * 8, 8);
+}
+
+// Each lane reads a stored element that (in the stand-in's layout) another lane holds: without
+// the __syncwarp between, a lane that runs first reads the 0xFF fill (NaN).
+__global__ void wmma_store_then_read(float* out, bool sync) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ float tile[16 * 16];
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+  if (sync) __syncwarp();
+  out[threadIdx.x] = tile[threadIdx.x * 8 + 3];
+}
+
+__global__ void tf32_round(const float* in, float* out, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = nvcuda::wmma::__float_to_tf32(in[i]);
 }
 
 // Reads a neighbour's shared slot without the barrier in between: must not see its value.
@@ -330,6 +395,123 @@ void case_half_conversions() {
   EXPECT(__half2float(__ushort_as_half(0x3555)) == 0.333251953125f);
 }
 
+// Round to TF32 on the host, independently of the stand-in: nearest, ties away from zero.
+float tf32_reference(float f) {
+  if (!std::isfinite(f)) return f;
+  int e;
+  const double m = std::frexp(static_cast<double>(f), &e);  // |m| in [0.5, 1): 11 significant bits
+  return static_cast<float>(std::ldexp(std::round(std::ldexp(m, 11)), e - 11));  // round(): ties away
+}
+
+float tf32_truncate(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  u &= 0xffffe000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A deterministic mix of magnitudes and signs, with bits below TF32's mantissa.
+float test_value(int i) { return std::ldexp(static_cast<float>((i * 2654435761u) % 2000001u) - 1e6f, -19 + i % 7); }
+
+template <typename Tag, typename T, int K>
+void check_wmma(bool convert, float (*round)(float)) {
+  std::vector<T> ha(16 * K), hb(K * 16);
+  std::vector<float> hc(256);
+  for (int i = 0; i < 16 * K; ++i) ha[i] = T(test_value(i));
+  for (int i = 0; i < K * 16; ++i) hb[i] = T(test_value(i + 1000));
+  for (int i = 0; i < 256; ++i) hc[i] = test_value(i + 3000);
+  Buffer<T> a(ha.size()), b(hb.size());
+  Buffer<float> c(256), d(256, -1.0f);
+  PCMEKIT_CUDA_CHECK(cudaMemcpy(a.data, ha.data(), ha.size() * sizeof(T), cudaMemcpyHostToDevice));
+  PCMEKIT_CUDA_CHECK(cudaMemcpy(b.data, hb.data(), hb.size() * sizeof(T), cudaMemcpyHostToDevice));
+  PCMEKIT_CUDA_CHECK(cudaMemcpy(c.data, hc.data(), 256 * sizeof(float), cudaMemcpyHostToDevice));
+  wmma_product<Tag, T, K><<<1, 32>>>(a.data, b.data, c.data, d.data, convert);
+  EXPECT(launch_error().empty());
+  const std::vector<float> got = d.get();
+  double worst = 0;
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      double ref = hc[m * 16 + n], mag = std::fabs(ref);
+      for (int k = 0; k < K; ++k) {
+        const double p = double(round(static_cast<float>(ha[m * K + k]))) * round(static_cast<float>(hb[n * K + k]));
+        ref += p;
+        mag += std::fabs(p);
+      }
+      // float accumulation of exact products: K + 1 roundings of at most 2^-24 of the running sum
+      worst = std::max(worst, std::fabs(got[m * 16 + n] / 2.0 - ref) / (mag * (K + 1) * std::ldexp(1.0, -24)));
+    }
+  EXPECT(worst <= 1.0);
+}
+
+float identity(float f) { return f; }
+
+void case_wmma_tf32() {
+  check_wmma<nvcuda::wmma::precision::tf32, float, 8>(true, tf32_reference);
+  // Not converted: the hardware reads the top 19 bits of each operand.
+  check_wmma<nvcuda::wmma::precision::tf32, float, 8>(false, tf32_truncate);
+}
+
+void case_wmma_half() { check_wmma<__half, __half, 16>(false, identity); }
+void case_wmma_bfloat16() { check_wmma<__nv_bfloat16, __nv_bfloat16, 16>(false, identity); }
+
+void case_tf32_rounding() {
+  const float one = 1.0f, ulp = std::ldexp(1.0f, -10);  // TF32's spacing at 1
+  std::vector<float> in = {one + ulp / 2, -(one + ulp / 2), one + ulp / 2 - std::ldexp(1.0f, -23),
+                           one + 3 * ulp / 2, one + ulp / 4, 0.0f, -0.0f, 3.0e-39f, 65504.0f,
+                           INFINITY, -INFINITY, NAN};
+  for (int i = 0; i < 500; ++i) in.push_back(test_value(i));
+  const int n = static_cast<int>(in.size());
+  Buffer<float> din(in.size()), dout(in.size());
+  PCMEKIT_CUDA_CHECK(cudaMemcpy(din.data, in.data(), in.size() * 4, cudaMemcpyHostToDevice));
+  tf32_round<<<1, 64>>>(din.data, dout.data, n);
+  EXPECT(launch_error().empty());
+  const std::vector<float> out = dout.get();
+  EXPECT(out[0] == one + ulp);     // a tie rounds away from zero
+  EXPECT(out[1] == -(one + ulp));
+  EXPECT(out[2] == one);           // just below the tie
+  EXPECT(out[3] == one + 2 * ulp);
+  EXPECT(out[4] == one);
+  EXPECT(std::isinf(out[9]) && out[9] > 0 && std::isinf(out[10]) && out[10] < 0 && std::isnan(out[11]));
+  for (int i = 0; i < n; ++i) {
+    unsigned u;
+    std::memcpy(&u, &out[i], 4);
+    if (std::isfinite(in[i])) {
+      EXPECT((u & 0x1fffu) == 0);
+      EXPECT(out[i] == tf32_reference(in[i]) || (in[i] != 0 && std::fabs(in[i]) < 1.2e-38f));
+    }
+  }
+}
+
+void case_wmma_store_needs_syncwarp() {
+  Buffer<float> out(32, 0.0f);
+  wmma_store_then_read<<<1, 32>>>(out.data, false);
+  EXPECT(launch_error().empty());
+  int unwritten = 0;
+  for (float v : out.get()) unwritten += std::isnan(v) ? 1 : 0;
+  EXPECT(unwritten > 0);
+  wmma_store_then_read<<<1, 32>>>(out.data, true);
+  EXPECT(launch_error().empty());
+  for (float v : out.get()) EXPECT(v == 1.0f);
+}
+
+void case_wmma_missing_lane() {
+  Buffer<float> a(256, 1.0f), d(256);
+  wmma_missing_lane<<<1, 32>>>(a.data, d.data);
+  const std::string e = launch_error();
+  EXPECT(contains(e, "wmma::mma_sync") && contains(e, "wmma::store_matrix_sync"));
+}
+
+void case_wmma_bad_pointers() {
+  Buffer<float> a(256, 1.0f);
+  wmma_misaligned<<<1, 32>>>(a.data);
+  EXPECT(contains(launch_error(), "not 256-bit"));
+  wmma_diverging_pointer<<<1, 32>>>(a.data);
+  EXPECT(contains(launch_error(), "warp-uniform"));
+  wmma_misaligned<<<1, 16>>>(a.data);
+  EXPECT(contains(launch_error(), "full warp"));
+}
+
 void case_streams_and_events() {
   cudaStream_t s;
   cudaEvent_t a, b;
@@ -389,6 +571,13 @@ int main(int argc, char** argv) {
       {"half_conversions", case_half_conversions},
       {"streams_and_events", case_streams_and_events},
       {"device_guard", case_device_guard},
+      {"wmma_tf32", case_wmma_tf32},
+      {"wmma_half", case_wmma_half},
+      {"wmma_bfloat16", case_wmma_bfloat16},
+      {"tf32_rounding", case_tf32_rounding},
+      {"wmma_store_needs_syncwarp", case_wmma_store_needs_syncwarp},
+      {"wmma_missing_lane", case_wmma_missing_lane},
+      {"wmma_bad_pointers", case_wmma_bad_pointers},
   };
   if (argc == 2 && std::strcmp(argv[1], "--list") == 0) {
     for (const auto& c : cases) std::printf("%s\n", c.first.c_str());

@@ -11,6 +11,13 @@
 
 namespace pcmekit {
 
+// How float32 products may be computed on CUDA, torch.get_float32_matmul_precision()'s three
+// modes (docs/cuda-tensor-cores.md):
+//   Highest: full float32 accuracy (csd/w2/l2/kl on float32 stay on the direct FP32 engine);
+//   High, Medium: TF32 tensor cores allowed (10-bit mantissa operands, float accumulation).
+// 16-bit inputs use tensor cores in every mode where that is exact (csd, l2). The CPU ignores it.
+enum class MatmulPrecision : int { Highest = 0, High = 1, Medium = 2 };
+
 struct PairwiseForwardParams {
   MatrixView a_mean;    // [N, D]
   MatrixView a_logvar;  // [N, D]; may be absent when the metric is l2
@@ -20,6 +27,7 @@ struct PairwiseForwardParams {
   Metric metric = Metric::CSD;
   int num_threads = 0;      // CPU threads; 0 = hardware concurrency
   void* stream = nullptr;   // cudaStream_t on CUDA; nullptr = legacy default stream
+  MatmulPrecision precision = MatmulPrecision::Highest;  // CUDA float32 matmul precision
 };
 
 struct PairwiseBackwardParams {

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -142,6 +143,10 @@ struct Warp {
 
 // One __shared__ variable of the running kernel: `key` identifies the declaration (one per
 // template instantiation), `data` is its own heap block, kept for the blocks of one launch.
+// Every __shared__ variable starts on a 128-byte boundary (what nvcc gives arrays that wmma and
+// 16-byte vector accesses use; a type may ask for up to this with alignas).
+constexpr std::align_val_t kSharedAlign{128};
+
 struct SharedVar {
   const void* key;
   char* data;
@@ -168,7 +173,7 @@ struct Block {
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
   ~Block() {
-    for (const SharedVar& v : shared) ::operator delete(v.data);
+    for (const SharedVar& v : shared) ::operator delete(v.data, kSharedAlign);
   }
 };
 
@@ -596,8 +601,9 @@ T& shared_var(const void* key) {
   detail::Block& b = detail::block("__shared__");
   for (const detail::SharedVar& v : b.shared)
     if (v.key == key) return *reinterpret_cast<T*>(v.data);
-  static_assert(alignof(T) <= alignof(std::max_align_t), "over-aligned __shared__ variable");
-  auto* data = static_cast<char*>(::operator new(sizeof(T)));
+  static_assert(alignof(T) <= static_cast<std::size_t>(detail::kSharedAlign),
+                "__shared__ variable aligned beyond 128 bytes");
+  auto* data = static_cast<char*>(::operator new(sizeof(T), detail::kSharedAlign));
   std::memset(data, 0xFF, sizeof(T));
   b.shared.push_back({key, data, sizeof(T)});
   b.shared_static_bytes += sizeof(T);

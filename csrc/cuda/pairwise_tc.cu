@@ -1,0 +1,444 @@
+// The tensor-core forward engine of the pairwise distance op (csd, w2, l2, kl).
+//
+// Each of these metrics is  row term + column term + alpha <f_a, f_b>  (cpu/inner_product.h):
+//   l2:   f = mu                      row = |mu|^2                          alpha = -2
+//   csd:  f = mu                      row = |mu|^2 + sum var                alpha = -2
+//   w2:   f = (mu, sigma)             row = |mu|^2 + sum var                alpha = -2
+//   kl:   f_a = (var_a + mu_a^2, mu_a)   row_a = -1/2 sum lv_a - D/2        alpha = 1
+//         f_b = (1/(2 var_b), -mu_b/var_b)  row_b = 1/2 sum (mu_b^2/var_b + lv_b)
+// with the two features of a dimension interleaved (feature 2d, 2d + 1) for w2 and kl. The
+// kernel computes the features while it stages the inputs into shared memory, so nothing of
+// size [rows, features] is written to global memory; the row terms are summed by the staging
+// threads on the way; the product runs on wmma; the epilogue adds the terms and clamps at 0
+// (the expanded form can dip below zero by rounding where the distance is ~0).
+//
+// Tiling: a block is 4 warps (128 threads) and owns a 64 x 64 output tile; warp (wm, wn) owns
+// a 32 x 32 quarter, 2 x 2 accumulator fragments of 16 x 16. The feature axis is walked in
+// chunks of kFeatures = 32 (4 TF32 k-steps of 8, or 2 half/bfloat16 k-steps of 16), staged as
+// [64 rows][32 + pad] row-major arrays for A and B (B read as a col_major matrix_b), double
+// buffered: the global loads of chunk c + 1 are issued into registers before the mma's of chunk
+// c, stored into the other buffer after them, with one __syncthreads per chunk. Each staging
+// thread owns one row of A and one of B and half of the chunk's dimensions (16 for csd/l2, 8 for
+// w2/kl), loaded with 16-byte vector loads when the view is row-contiguous and 16-byte aligned
+// (row stride and base), else element by element through the strides.
+//
+// Operand types: TF32 (m16n16k8, features rounded with __float_to_tf32) for float32 inputs and
+// for w2/kl on 16-bit inputs (their features are computed values, not the inputs; a 16-bit
+// input itself is exact in TF32); half / bfloat16 m16n16k16 for csd and l2 on half / bfloat16
+// inputs (the features are the inputs, exact). Accumulation is float.
+//
+// When it runs (pairwise_forward_tensor_cores): float64 never; float32 only when the matmul
+// precision is High or Medium (torch's "high"/"medium": TF32 allowed); under Highest (torch's
+// default) float32 stays on the direct FP32 engine (pairwise.cu), which keeps full float32
+// accuracy. On 16-bit inputs csd and l2 always run here; w2 and kl only under High/Medium,
+// since their features would be rounded to TF32. Devices below sm_80 (no TF32/bfloat16 wmma)
+// use the direct engine.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "cuda/pairwise_tc.h"
+
+namespace pcmekit::cuda {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+// TF32 and bfloat16 wmma exist from sm_80 on (<mma.h> declares them only there): the device
+// passes for older architectures compile the kernels empty, and the host never launches them.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define PCMEKIT_TC_ARCH 1
+#endif
+
+constexpr int kTile = 64;        // output rows and columns per block
+constexpr int kWarps = 4;        // 2 x 2 warps, 32 x 32 outputs each
+constexpr int kThreads = kWarps * 32;
+constexpr int kFeatures = 32;    // features per staged chunk
+constexpr int kScratchLd = 20;   // per-warp 16 x 16 epilogue tile, padded (80-byte rows)
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+static_assert(kThreads == 2 * kTile, "two staging threads per row");
+
+// ---------------------------------------------------------------------------------------------
+// Operand types: the wmma element type, its k, and how a float feature becomes one.
+
+struct Tf32Op {
+#ifdef PCMEKIT_TC_ARCH
+  using tag = wmma::precision::tf32;
+#endif
+  using smem = float;
+  static constexpr int k = 8;
+  __device__ __forceinline__ static float from(float x) {
+#ifdef PCMEKIT_TC_ARCH
+    return wmma::__float_to_tf32(x);
+#else
+    return x;
+#endif
+  }
+};
+struct HalfOp {
+  using tag = __half;
+  using smem = __half;
+  static constexpr int k = 16;
+  __device__ __forceinline__ static __half from(float x) { return __float2half_rn(x); }
+};
+struct Bf16Op {
+  using tag = __nv_bfloat16;
+  using smem = __nv_bfloat16;
+  static constexpr int k = 16;
+  __device__ __forceinline__ static __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+template <typename S>
+__device__ __forceinline__ float to_float(S x) {
+  if constexpr (std::is_same_v<S, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<S, __half>) {
+    return __half2float(x);
+  } else {
+    return __bfloat162float(x);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The features and row terms of one dimension (mu, lv) of a row, per metric and side.
+
+template <Metric kMetric>
+struct Form {
+  static constexpr int width = (kMetric == Metric::W2 || kMetric == Metric::KL) ? 2 : 1;
+  static constexpr bool needs_logvar = kMetric != Metric::L2;
+  static constexpr float alpha = kMetric == Metric::KL ? 1.0f : -2.0f;
+
+  // Writes the dimension's features to f and returns its contribution to the row term.
+  template <bool kSideB>
+  __device__ __forceinline__ static float features(float mu, float lv, float (&f)[width]) {
+    if constexpr (kMetric == Metric::L2) {
+      f[0] = mu;
+      return mu * mu;
+    } else if constexpr (kMetric == Metric::CSD) {
+      f[0] = mu;
+      return mu * mu + expf(lv);
+    } else if constexpr (kMetric == Metric::W2) {
+      const float var = expf(lv);
+      f[0] = mu;
+      f[width - 1] = sqrtf(var);
+      return mu * mu + var;
+    } else if constexpr (!kSideB) {  // kl, a side
+      const float var = expf(lv);
+      f[0] = var + mu * mu;
+      f[width - 1] = mu;
+      return -0.5f * lv - 0.5f;
+    } else {  // kl, b side
+      const float inv = 1.0f / expf(lv);
+      f[0] = 0.5f * inv;
+      f[width - 1] = -mu * inv;
+      return 0.5f * (mu * mu * inv + lv);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Arguments and shared memory.
+
+template <typename S>
+struct Input {
+  const S* data;   // null: absent (l2's logvar)
+  int64_t row_stride, col_stride;
+  bool vec;        // row-contiguous, 16-byte aligned base and row stride: 16-byte loads allowed
+};
+
+template <typename S>
+struct TcArgs {
+  Input<S> a_mu, a_lv, b_mu, b_lv;
+  float* out;
+  int64_t out_row_stride, out_col_stride;
+  int64_t n, m, dim;
+};
+
+template <typename Op>
+struct alignas(128) TcSmem {
+  using T = typename Op::smem;
+  static constexpr int ld = kFeatures + 16 / static_cast<int>(sizeof(T));  // rows stay 16-byte aligned
+  T a[2][kTile][ld];
+  T b[2][kTile][ld];
+  float scratch[kWarps][16][kScratchLd];
+  float row[kTile];
+  float col[kTile];
+};
+
+// Loads kN consecutive dimensions [d0, d0 + kN) of a row as floats; dimensions past `dim`
+// read as 0. 16-byte vector loads when the input allows and the run is whole.
+template <int kN, typename S>
+__device__ __forceinline__ void load_run(const Input<S>& in, int64_t row, int64_t d0, int64_t dim,
+                                         float (&out)[kN]) {
+  const S* base = in.data + row * in.row_stride;
+  constexpr int kPer = 16 / static_cast<int>(sizeof(S));
+  static_assert(kN % kPer == 0, "whole 16-byte vectors");
+  if (in.vec && d0 + kN <= dim) {
+#pragma unroll
+    for (int v = 0; v < kN / kPer; ++v) {
+      const uint4 w = *reinterpret_cast<const uint4*>(base + d0 + v * kPer);
+      S e[kPer];
+      memcpy(e, &w, sizeof w);
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) out[v * kPer + u] = to_float(e[u]);
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < kN; ++u)
+      out[u] = d0 + u < dim ? to_float(base[(d0 + u) * in.col_stride]) : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel.
+
+template <Metric kMetric, typename S, typename Op>
+__global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcArgs<S> args) {
+#ifndef PCMEKIT_TC_ARCH
+  (void)Form<kMetric>::alpha;
+  (void)Op::k;
+  (void)Op::from(0.0f);
+  __trap();  // the host never launches it there (pairwise_forward_tensor_cores)
+#else
+  using F = Form<kMetric>;
+  using T = typename Op::smem;
+  constexpr int kW = F::width;
+  constexpr int kDims = kFeatures / kW;  // dimensions per chunk
+  constexpr int kRun = kDims / 2;        // dimensions per staging thread
+  constexpr int kLd = TcSmem<Op>::ld;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::k, typename Op::tag, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::k, typename Op::tag, wmma::col_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, Op::k, float>;
+
+  __shared__ TcSmem<Op> s;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 2, wn = warp % 2;
+  const int srow = tid / 2;        // the staging thread's row of A and of B
+  const int shalf = tid % 2;       // and its half of the chunk's dimensions
+  const int64_t tiles_m = (args.m + kTile - 1) / kTile;
+  const int64_t tiles = (args.n + kTile - 1) / kTile * tiles_m;
+  const int64_t chunks = (args.dim + kDims - 1) / kDims;
+
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t i0 = tile / tiles_m * kTile;
+    const int64_t j0 = tile % tiles_m * kTile;
+    const bool a_valid = i0 + srow < args.n;
+    const bool b_valid = j0 + srow < args.m;
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) wmma::fill_fragment(acc[fi][fj], 0.0f);
+
+    // The staging thread's registers: the next chunk's inputs, and its row-term sums.
+    float a_mu[kRun], a_lv[kRun], b_mu[kRun], b_lv[kRun];
+    float a_term = 0.0f, b_term = 0.0f;
+
+    auto fetch = [&](int64_t c) {
+      const int64_t d0 = c * kDims + shalf * kRun;
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) a_mu[u] = a_lv[u] = b_mu[u] = b_lv[u] = 0.0f;
+      if (a_valid) {
+        load_run(args.a_mu, i0 + srow, d0, args.dim, a_mu);
+        if constexpr (F::needs_logvar) load_run(args.a_lv, i0 + srow, d0, args.dim, a_lv);
+      }
+      if (b_valid) {
+        load_run(args.b_mu, j0 + srow, d0, args.dim, b_mu);
+        if constexpr (F::needs_logvar) load_run(args.b_lv, j0 + srow, d0, args.dim, b_lv);
+      }
+    };
+    // Features of the fetched chunk into buffer `buf`; padding dimensions give zero features.
+    auto put = [&](int64_t c, int buf) {
+      const int64_t d0 = c * kDims + shalf * kRun;
+      float a_part = 0.0f, b_part = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        const bool in_dim = d0 + u < args.dim;
+        float fa[kW], fb[kW];
+        const float ta = F::template features<false>(a_mu[u], a_lv[u], fa);
+        const float tb = F::template features<true>(b_mu[u], b_lv[u], fb);
+        if (in_dim) {
+          a_part += ta;
+          b_part += tb;
+        }
+#pragma unroll
+        for (int w = 0; w < kW; ++w) {
+          const int k = (shalf * kRun + u) * kW + w;
+          s.a[buf][srow][k] = Op::from(in_dim ? fa[w] : 0.0f);
+          s.b[buf][srow][k] = Op::from(in_dim ? fb[w] : 0.0f);
+        }
+      }
+      a_term += a_part;  // two-level sums: the chunk's terms, then the running sum
+      b_term += b_part;
+    };
+
+    if (chunks > 0) {
+      fetch(0);
+      put(0, 0);
+    }
+    __syncthreads();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int buf = static_cast<int>(c & 1);
+      if (c + 1 < chunks) fetch(c + 1);  // in flight during the mma's
+#pragma unroll
+      for (int ks = 0; ks < kFeatures / Op::k; ++ks) {
+        FragA fa[2];
+        FragB fb[2];
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+          wmma::load_matrix_sync(fa[f], &s.a[buf][wm * 32 + 16 * f][ks * Op::k], kLd);
+          wmma::load_matrix_sync(fb[f], &s.b[buf][wn * 32 + 16 * f][ks * Op::k], kLd);
+        }
+#pragma unroll
+        for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+          for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
+      }
+      if (c + 1 < chunks) put(c + 1, buf ^ 1);
+      __syncthreads();
+    }
+
+    // Row terms: the two staging threads of a row are lanes 2r and 2r + 1 of one warp.
+    a_term += __shfl_xor_sync(0xffffffffu, a_term, 1);
+    b_term += __shfl_xor_sync(0xffffffffu, b_term, 1);
+    if (shalf == 0) {
+      s.row[srow] = a_term;
+      s.col[srow] = b_term;
+    }
+    __syncthreads();
+
+    // Epilogue: each accumulator fragment through the warp's scratch tile (the fragment layout
+    // is opaque), then row + col + alpha acc, clamped at 0 (NaN passes), to global memory.
+    float(&scratch)[16][kScratchLd] = s.scratch[warp];
+#pragma unroll
+    for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) {
+        wmma::store_matrix_sync(&scratch[0][0], acc[fi][fj], kScratchLd, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int e = lane + 32 * u;
+          const int r = wm * 32 + 16 * fi + e / 16, cc = wn * 32 + 16 * fj + e % 16;
+          const int64_t i = i0 + r, j = j0 + cc;
+          if (i < args.n && j < args.m) {
+            const float v = s.row[r] + s.col[cc] + F::alpha * scratch[e / 16][e % 16];
+            args.out[i * args.out_row_stride + j * args.out_col_stride] = v < 0.0f ? 0.0f : v;
+          }
+        }
+        __syncwarp();  // before the next fragment overwrites the scratch tile
+      }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+template <typename S>
+Input<S> input(const MatrixView& v, bool present) {
+  Input<S> in{present ? static_cast<const S*>(v.data) : nullptr, v.row_stride, v.col_stride, false};
+  in.vec = present && v.col_stride == 1 && (v.row_stride * int64_t(sizeof(S))) % 16 == 0 &&
+           reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0;
+  return in;
+}
+
+template <Metric kMetric, typename S, typename Op>
+void launch(const PairwiseForwardParams& p, cudaStream_t stream) {
+  TcArgs<S> args;
+  const bool lv = Form<kMetric>::needs_logvar;
+  args.a_mu = input<S>(p.a_mean, true);
+  args.a_lv = input<S>(p.a_logvar, lv);
+  args.b_mu = input<S>(p.b_mean, true);
+  args.b_lv = input<S>(p.b_logvar, lv);
+  args.out = static_cast<float*>(p.out.data);
+  args.out_row_stride = p.out.row_stride;
+  args.out_col_stride = p.out.col_stride;
+  args.n = p.a_mean.rows;
+  args.m = p.b_mean.rows;
+  args.dim = p.a_mean.cols;
+  const int64_t tiles = (args.n + kTile - 1) / kTile * ((args.m + kTile - 1) / kTile);
+  if (tiles == 0) return;
+  const unsigned grid = static_cast<unsigned>(std::min(tiles, kMaxBlocks));
+  pairwise_forward_tc_kernel<kMetric, S, Op><<<grid, kThreads, 0, stream>>>(args);
+  PCMEKIT_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <Metric kMetric, typename S>
+void launch_metric(const PairwiseForwardParams& p, cudaStream_t stream) {
+  constexpr bool kInputFeatures = Form<kMetric>::width == 1;  // csd, l2: the features are the means
+  if constexpr (std::is_same_v<S, __half> && kInputFeatures) {
+    launch<kMetric, S, HalfOp>(p, stream);
+  } else if constexpr (std::is_same_v<S, __nv_bfloat16> && kInputFeatures) {
+    launch<kMetric, S, Bf16Op>(p, stream);
+  } else {
+    launch<kMetric, S, Tf32Op>(p, stream);
+  }
+}
+
+template <typename S>
+void launch_storage(const PairwiseForwardParams& p, cudaStream_t stream) {
+  switch (p.metric) {
+    case Metric::CSD: return launch_metric<Metric::CSD, S>(p, stream);
+    case Metric::L2: return launch_metric<Metric::L2, S>(p, stream);
+    case Metric::W2: return launch_metric<Metric::W2, S>(p, stream);
+    case Metric::KL: return launch_metric<Metric::KL, S>(p, stream);
+    default: return;
+  }
+}
+
+// Whether the current device has TF32 and bfloat16 wmma (sm_80 and later); asked once a device.
+bool device_has_tensor_cores(int device) {
+  static int major[64] = {};
+  if (device < 0 || device >= 64) return false;
+  if (major[device] == 0) {
+    int value = 0;
+    if (cudaDeviceGetAttribute(&value, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    major[device] = value;
+  }
+  return major[device] >= 8;
+}
+
+}  // namespace
+
+bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
+  const Metric metric = p.metric;
+  if (metric != Metric::CSD && metric != Metric::L2 && metric != Metric::W2 && metric != Metric::KL)
+    return false;
+  const DType dtype = p.a_mean.dtype;
+  const bool tf32_allowed = p.precision != MatmulPrecision::Highest;
+  const bool input_features = metric == Metric::CSD || metric == Metric::L2;
+  switch (dtype) {
+    case DType::Float32:
+      if (!tf32_allowed) return false;
+      break;
+    case DType::Float16:
+    case DType::BFloat16:
+      if (!input_features && !tf32_allowed) return false;
+      break;
+    default: return false;
+  }
+  if (!device_has_tensor_cores(p.a_mean.device_index)) return false;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  switch (dtype) {
+    case DType::Float32: launch_storage<float>(p, stream); break;
+    case DType::Float16: launch_storage<__half>(p, stream); break;
+    default: launch_storage<__nv_bfloat16>(p, stream); break;
+  }
+  return true;
+}
+
+}  // namespace pcmekit::cuda

@@ -1,0 +1,14 @@
+// The tensor-core (wmma) forward engine of the pairwise distance op: csd, w2, l2 and kl in their
+// inner-product form. See pairwise_tc.cu and docs/cuda-tensor-cores.md.
+#pragma once
+
+#include "pcmekit/pairwise.h"
+
+namespace pcmekit::cuda {
+
+// Runs the forward pass on tensor cores and returns true when the engine applies to `p` (metric,
+// dtype, matmul precision, device capability); returns false, having done nothing, otherwise,
+// and the caller uses the direct SIMT engine.
+bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p);
+
+}  // namespace pcmekit::cuda
