@@ -27,9 +27,10 @@ class BuildConfig(TypedDict):
     cpu_simd: str  # "avx512", "avx2" or "generic": the CPU micro-kernel this machine gets
     cpu_threading: str  # "openmp (<library>)" (torch's runtime) or "pcmekit pool"
     hardware_threads: int
+    cuda_max_topk: int  # largest k the CUDA top-k kernel takes (kCudaMaxTopk, pcmekit/topk.h)
 
 def pairwise_forward(
-    metric: int,  # index into pcmekit._checks.METRICS
+    metric: int,  # index into pcmekit.ops._args.METRICS
     a_mean: ViewTuple,  # [N, D]
     a_logvar: Optional[ViewTuple],  # [N, D]; None for l2
     b_mean: ViewTuple,  # [M, D]
@@ -113,7 +114,7 @@ def topk(
     scale: float,
     shift: float,
     squared: bool,
-    k: int,  # 1 <= k <= N (<= 1024 on CUDA)
+    k: int,  # 1 <= k <= N (<= build_config()["cuda_max_topk"] on CUDA)
     values: ViewTuple,  # [Q, k], written: best first
     indices: ViewTuple,  # [Q, k] int64, written
     workspace: int,  # device pointer of topk_workspace_bytes(...) bytes (0 when none)
