@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
-from ..montecarlo import _draw_eps, match_logprob
-from ._distributed import exchange_metadata, gather_rows, prepare_batch, process_group_info
+from ..ops._args import draw_eps
+from ..ops.match_prob import match_logprob
+from .._distributed import collective_device, exchange_metadata, gather_rows
+from ._distributed import prepare_batch, process_group_info
 
 __all__ = ["PCMELoss"]
 
@@ -179,13 +181,13 @@ class PCMELoss(nn.Module):
             rows, dim = emb.mean.shape
             problem = self._noise_error(name, emb, eps)
             if eps is None:
-                eps = _draw_eps(rows, j, dim, emb.mean, generator)
+                eps = draw_eps(rows, j, dim, emb.mean, generator)
             elif problem is not None:
                 error = error or problem
                 eps = torch.zeros((rows, j, dim), dtype=emb.mean.dtype, device=emb.mean.device)
             local.append(eps.detach().reshape(rows, j * dim))
         metas = exchange_metadata([int(error is not None), local[0].shape[0], local[1].shape[0]],
-                                  local[0].device)
+                                  collective_device(local[0].device))
         if error is not None:
             raise error
         failed = [r for r, meta in enumerate(metas) if meta[0]]

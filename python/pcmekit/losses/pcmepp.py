@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..embedding import ProbEmbedding
-from ..ops import pairwise_distance
+from ..ops.pairwise import pairwise_distance
 from ._distributed import compute_dtype, prepare_batch
 
 __all__ = ["PCMEPPLoss", "vib_kl", "drop_exploded_kl"]
