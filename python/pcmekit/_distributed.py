@@ -2,7 +2,7 @@
 
 One process-group check, one rule for the device collectives run on, one metadata exchange and
 one all-gather (with and without gradients). Collectives must be entered by every rank, so callers
-exchange a status with :func:`exchange_metadata` before raising: a rank that rejects its inputs
+exchange a status with :func:`exchange_status` before raising: a rank that rejects its inputs
 makes every rank raise instead of leaving the others waiting.
 """
 
@@ -18,6 +18,7 @@ __all__ = [
     "collective_device",
     "all_gather",
     "exchange_metadata",
+    "exchange_status",
     "gather_rows",
 ]
 
@@ -64,6 +65,30 @@ def exchange_metadata(values: Sequence[int], device: torch.device, group: Any = 
     """All-gathers a short list of ints (the same length on every rank); returns one list per rank."""
     local = torch.tensor(list(values), dtype=torch.int64, device=device)
     return [p.tolist() for p in all_gather(local, group)]
+
+
+def exchange_status(
+    meta: Sequence[int],
+    error: Optional[BaseException],
+    device: torch.device,
+    owner: str,
+    what: str = "inputs",
+    group: Any = None,
+) -> List[List[int]]:
+    """All-gathers this rank's ``meta`` (ints, the same length on every rank) with whether it
+    rejected its ``what`` (``error``), then raises on every rank if any did: ``error`` itself on
+    the rank that raised it, a RuntimeError naming the failed ranks on the others. So no rank is
+    left waiting in the next collective. Returns every rank's ``meta``."""
+    metas = exchange_metadata([int(error is not None), *meta], device, group)
+    if error is not None:
+        raise error
+    failed = [r for r, m in enumerate(metas) if m[0]]
+    if failed:
+        raise RuntimeError(
+            f"{owner}: rank(s) {failed} rejected their {what} (see the error raised there); "
+            "every rank stops so that none waits in a collective"
+        )
+    return [m[1:] for m in metas]
 
 
 class _AllGatherRows(torch.autograd.Function):

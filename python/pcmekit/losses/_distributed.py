@@ -27,7 +27,7 @@ import torch
 
 from .. import _distributed
 from .._core import dtype_code
-from .._distributed import collective_device, exchange_metadata, gather_rows
+from .._distributed import collective_device, exchange_status, gather_rows
 from ..embedding import ProbEmbedding
 from ..ops._args import check_float_matrix, gaussians_of, out_dtype
 
@@ -146,30 +146,22 @@ def prepare_batch(
             if isinstance(t, torch.Tensor):
                 hint = t.device
                 break
-        meta = [1, 0, 0, 0, 0, -1]
+        meta = [0, 0, 0, 0, -1]
     else:
         img_mean, img_logvar, txt_mean, txt_logvar, m = local
         hint = img_mean.device
-        meta = [0, img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
+        meta = [img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
                 dtype_code(img_mean.dtype)]
-    metas = exchange_metadata(meta, collective_device(hint))
-    if error is not None:
-        raise error
-    failed = [r for r, mt in enumerate(metas) if mt[0]]
-    if failed:
-        raise RuntimeError(
-            f"{owner}(gather=True): rank(s) {failed} rejected their inputs (see the error raised there); "
-            "every rank stops so that none waits in a collective"
-        )
-    dims = {mt[3] for mt in metas}
-    dtypes = {mt[5] for mt in metas}
+    metas = exchange_status(meta, error, collective_device(hint), f"{owner}(gather=True)")
+    dims = {mt[2] for mt in metas}
+    dtypes = {mt[4] for mt in metas}
     if len(dims) > 1 or len(dtypes) > 1:
         raise ValueError(
             f"{owner}(gather=True): all ranks must pass embeddings of one D and dtype; got D per rank "
-            f"{[mt[3] for mt in metas]} and dtype codes {[mt[5] for mt in metas]}"
+            f"{[mt[2] for mt in metas]} and dtype codes {[mt[4] for mt in metas]}"
         )
-    b_img = [mt[1] for mt in metas]
-    b_txt = [mt[2] for mt in metas]
+    b_img = [mt[0] for mt in metas]
+    b_txt = [mt[1] for mt in metas]
     _check_not_empty(owner, sum(b_img), sum(b_txt))
 
     g_img_logvar: Optional[torch.Tensor]
@@ -185,7 +177,7 @@ def prepare_batch(
         g_img_logvar = g_txt_logvar = None
 
     g_matched = None
-    if any(mt[4] for mt in metas):
+    if any(mt[3] for mt in metas):
         if m is None:  # this rank's block is the identity (it is square: checked above)
             m = torch.eye(b_img[rank], dtype=compute_dtype(img_mean.dtype), device=img_mean.device)
         with torch.no_grad():

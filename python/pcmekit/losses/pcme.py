@@ -16,7 +16,7 @@ from torch import nn
 from ..embedding import ProbEmbedding
 from ..ops._args import draw_eps
 from ..ops.match_prob import match_logprob
-from .._distributed import collective_device, exchange_metadata, gather_rows
+from .._distributed import collective_device, exchange_status, gather_rows
 from ._distributed import prepare_batch, process_group_info
 
 __all__ = ["PCMELoss"]
@@ -186,14 +186,8 @@ class PCMELoss(nn.Module):
                 error = error or problem
                 eps = torch.zeros((rows, j, dim), dtype=emb.mean.dtype, device=emb.mean.device)
             local.append(eps.detach().reshape(rows, j * dim))
-        metas = exchange_metadata([int(error is not None), local[0].shape[0], local[1].shape[0]],
-                                  collective_device(local[0].device))
-        if error is not None:
-            raise error
-        failed = [r for r, meta in enumerate(metas) if meta[0]]
-        if failed:
-            raise RuntimeError(f"PCMELoss(gather=True): rank(s) {failed} passed malformed noise "
-                               "(see the error raised there); every rank stops")
+        counts = exchange_status([local[0].shape[0], local[1].shape[0]], error,
+                                 collective_device(local[0].device), "PCMELoss(gather=True)", "noise")
         with torch.no_grad():
-            g_img, g_txt = gather_rows(local, [meta[1:] for meta in metas], rank)
+            g_img, g_txt = gather_rows(local, counts, rank)
         return g_img.view(-1, j, img.mean.shape[1]), g_txt.view(-1, j, txt.mean.shape[1])

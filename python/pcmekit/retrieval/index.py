@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ from ._format import FILE_DTYPES, FORMAT_NAME, FORMAT_VERSION, IndexFormatError,
 __all__ = ["GalleryIndex", "FORMAT_NAME", "FORMAT_VERSION", "IndexFormatError"]
 
 Array = Union[torch.Tensor, np.ndarray]
+#: (queries, query logvars, k, batch_size, query noise, numpy flag), validated.
+PreparedSearch = Tuple[torch.Tensor, Optional[torch.Tensor], int, int, Optional[torch.Tensor], bool]
 
 
 class GalleryIndex:
@@ -188,15 +190,7 @@ class GalleryIndex:
                 raise TypeError("pass either a ProbEmbedding or (mean, logvar), not both")
             embedding = mean
             mean, logvar = embedding.mean, embedding.logvar
-        m, _ = as_float_tensor(mean, "mean")
-        check_rows(m, "mean", "n", self._dim, "the index's D")
-        lv: Optional[torch.Tensor] = None
-        if self._metric != "l2":
-            if logvar is None:
-                raise ValueError(f"metric {self._metric!r} needs logvar (the log-variances), got None")
-            lv, _ = as_float_tensor(logvar, "logvar")
-            if lv.shape != m.shape:
-                raise ValueError(f"logvar must have the shape of mean {list(m.shape)}, got {list(lv.shape)}")
+        m, lv, _ = self._rows(mean, logvar, "", "n", "the log-variances")
         e: Optional[torch.Tensor] = None
         if eps is not None:
             if self._metric != "match_prob":
@@ -223,6 +217,24 @@ class GalleryIndex:
             self._eps[n : n + rows].copy_(e)
             check_no_nan(self._eps[n : n + rows], "eps")
         self._n = n + rows  # commit only when every check passed
+
+    def _rows(
+        self, mean: Any, logvar: Any, prefix: str, rows: str, what: str
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+        """``{prefix}mean [rows, D]`` and (unless the metric is l2) ``{prefix}logvar`` of its shape
+        and device, as tensors, and whether the means were a numpy array."""
+        m, to_numpy = as_float_tensor(mean, f"{prefix}mean")
+        check_rows(m, f"{prefix}mean", rows, self._dim, "the index's D")
+        if self._metric == "l2":
+            return m, None, to_numpy
+        if logvar is None:
+            raise ValueError(f"metric {self._metric!r} needs {prefix}logvar ({what}), got None")
+        lv, _ = as_float_tensor(logvar, f"{prefix}logvar")
+        if lv.shape != m.shape:
+            raise ValueError(f"{prefix}logvar must have the shape of {prefix}mean {list(m.shape)}, got {list(lv.shape)}")
+        if lv.device != m.device:
+            raise ValueError(f"{prefix}logvar is on {lv.device} but {prefix}mean is on {m.device}; they must be on one device")
+        return m, lv, to_numpy
 
     def _draw_noise(self, rows: int) -> torch.Tensor:
         assert self._generator is not None and self._dim is not None
@@ -283,8 +295,12 @@ class GalleryIndex:
                 queries, bad ``batch_size``.
             TypeError: ``k`` not an int, non-floating queries.
         """
-        prepared = self._prepare_search(q_mean, q_logvar, k, batch_size, eps_q)
-        qm, ql, k, batch_size, eps, to_numpy = prepared
+        return self._search(lambda: self._prepare_search(q_mean, q_logvar, k, batch_size, eps_q), progress)
+
+    def _search(self, prepare: Callable[[], "PreparedSearch"], progress: Optional[bool]) -> Tuple[Array, Array]:
+        """:meth:`search` once its arguments are known: ``prepare()`` validates them (a
+        :class:`ShardedIndex` calls it where a failure can still be announced to every rank)."""
+        qm, ql, k, batch_size, eps, to_numpy = prepare()
         if self._n == 0:
             raise ValueError("cannot search an empty GalleryIndex: add() embeddings first")
         if k > self._n:
@@ -293,9 +309,7 @@ class GalleryIndex:
         values, indices = self._search_local(qm, ql, k, batch_size, bool(show), eps)
         return self._deliver(values, indices, qm.device, to_numpy)
 
-    def _prepare_search(
-        self, q_mean: Any, q_logvar: Any, k: Any, batch_size: Any, eps_q: Any
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], int, int, Optional[torch.Tensor], bool]:
+    def _prepare_search(self, q_mean: Any, q_logvar: Any, k: Any, batch_size: Any, eps_q: Any) -> "PreparedSearch":
         """Validated (queries, query logvars, k, batch_size, query noise, numpy flag). Checks
         that need only this process (k against the index size is left to the caller)."""
         if isinstance(q_mean, ProbEmbedding):
@@ -306,17 +320,7 @@ class GalleryIndex:
             q_mean, q_logvar = q_mean.mean, q_mean.logvar
         k = check_k(k)
         batch_size = check_batch_size(batch_size)
-        qm, to_numpy = as_float_tensor(q_mean, "q_mean")
-        check_rows(qm, "q_mean", "Q", self._dim, "the index's D")
-        ql: Optional[torch.Tensor] = None
-        if self._metric != "l2":
-            if q_logvar is None:
-                raise ValueError(f"metric {self._metric!r} needs q_logvar (the queries' log-variances), got None")
-            ql, _ = as_float_tensor(q_logvar, "q_logvar")
-            if ql.shape != qm.shape:
-                raise ValueError(f"q_logvar must have the shape of q_mean {list(qm.shape)}, got {list(ql.shape)}")
-            if ql.device != qm.device:
-                raise ValueError(f"q_logvar is on {ql.device} but q_mean is on {qm.device}; they must be on one device")
+        qm, ql, to_numpy = self._rows(q_mean, q_logvar, "q_", "Q", "the queries' log-variances")
         check_no_nan(qm, "q_mean")
         if ql is not None:
             check_no_nan(ql, "q_logvar")

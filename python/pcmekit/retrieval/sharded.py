@@ -6,16 +6,15 @@ import json
 import math
 import os
 import zlib
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .._core import dtype_code
-from .._distributed import all_gather, collective_device, exchange_metadata, process_group_info
+from .._distributed import all_gather, collective_device, exchange_metadata, exchange_status, process_group_info
 from .._progress import stderr_is_terminal
-from ..embedding import ProbEmbedding
 from ..ops._args import out_dtype
-from .index import Array, GalleryIndex
+from .index import Array, GalleryIndex, PreparedSearch
 
 __all__ = ["ShardedIndex"]
 
@@ -96,42 +95,26 @@ class ShardedIndex(GalleryIndex):
         config = json.dumps([self._metric, self._metric_kwargs, self._seed], sort_keys=True)
         return zlib.crc32(config.encode())
 
-    def search(
-        self,
-        q_mean: Union[Array, ProbEmbedding],
-        q_logvar: Optional[Array] = None,
-        k: Optional[int] = None,
-        batch_size: Optional[int] = None,
-        progress: Optional[bool] = None,
-        *,
-        eps_q: Optional[Array] = None,
-    ) -> Tuple[Array, Array]:
-        """Collective top-``k`` over the whole sharded gallery: ``(values [Q, k], indices [Q, k])``
-        with global indices, the same on every rank. Arguments as :meth:`GalleryIndex.search`;
-        ``progress=None`` shows the bar of rank 0 only (when its stderr is a terminal).
+    def _search(self, prepare: Callable[[], PreparedSearch], progress: Optional[bool]) -> Tuple[Array, Array]:
+        """The collective :meth:`search` (the class docstring): ``(values [Q, k], indices [Q, k])``
+        with global indices, the same on every rank. ``progress=None`` shows the bar of rank 0
+        only (when its stderr is a terminal).
 
         Raises (on every rank): ValueError when any rank's arguments are bad, ranks disagree on
         Q, k, D, dtype or configuration, every shard is empty, or ``k`` exceeds the global size.
         """
         error: Optional[BaseException] = None
         try:
-            qm, ql, k_, batch_size_, eps, to_numpy = self._prepare_search(q_mean, q_logvar, k, batch_size, eps_q)
-            meta = [0, self._n, -1 if self._dim is None else self._dim, qm.shape[0], qm.shape[1], k_,
+            qm, ql, k_, batch_size_, eps, to_numpy = prepare()
+            meta = [self._n, -1 if self._dim is None else self._dim, qm.shape[0], qm.shape[1], k_,
                     dtype_code(self._dtype), self._config_checksum()]
         except (TypeError, ValueError) as err:
             error = err
-            meta = [1, 0, -1, 0, 0, 0, 0, 0]
-        metas = self._exchange(meta)
-        if error is not None:
-            raise error
-        failed = [r for r, m in enumerate(metas) if m[0]]
-        if failed:
-            raise RuntimeError(
-                f"ShardedIndex.search: rank(s) {failed} rejected their arguments (see the error raised there); "
-                "every rank stops so that none waits in a collective"
-            )
+            meta = [0, -1, 0, 0, 0, 0, 0]
+        metas = exchange_status(meta, error, collective_device(self._device, self._group),
+                                "ShardedIndex.search", "arguments", self._group)
         self._check_agreement(metas)
-        sizes = [m[1] for m in metas]
+        sizes = [m[0] for m in metas]
         total = sum(sizes)
         if total == 0:
             raise ValueError("cannot search a ShardedIndex whose shards are all empty: add() embeddings first")
@@ -172,17 +155,17 @@ class ShardedIndex(GalleryIndex):
         def column(c: int) -> List[int]:
             return [m[c] for m in metas]
 
-        dims = {d for d in column(2) if d >= 0} | set(column(4))
+        dims = {d for d in column(1) if d >= 0} | set(column(3))
         problems = []
-        if len(set(column(3))) > 1:
-            problems.append(f"Q per rank {column(3)}")
-        if len(set(column(5))) > 1:
-            problems.append(f"k per rank {column(5)}")
+        if len(set(column(2))) > 1:
+            problems.append(f"Q per rank {column(2)}")
+        if len(set(column(4))) > 1:
+            problems.append(f"k per rank {column(4)}")
         if len(dims) > 1:
-            problems.append(f"shard D per rank {column(2)} (-1: empty) and query D per rank {column(4)}")
+            problems.append(f"shard D per rank {column(1)} (-1: empty) and query D per rank {column(3)}")
+        if len(set(column(5))) > 1:
+            problems.append(f"dtype codes per rank {column(5)}")
         if len(set(column(6))) > 1:
-            problems.append(f"dtype codes per rank {column(6)}")
-        if len(set(column(7))) > 1:
             problems.append("metric, metric arguments or seed")
         if problems:
             raise ValueError(
