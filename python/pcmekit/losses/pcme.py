@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
-from ..ops._args import draw_eps
+from ..ops._args import check_num_samples, draw_eps
 from ..ops.match_prob import match_logprob
 from .._distributed import collective_device, exchange_status, gather_rows
 from ._distributed import prepare_batch, process_group_info
@@ -80,8 +80,7 @@ class PCMELoss(nn.Module):
         gather: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        num_samples = check_num_samples(num_samples)
         for name, value in (("init_scale", init_scale), ("init_shift", init_shift), ("vib_weight", vib_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__}")

@@ -24,6 +24,7 @@ from ._args import (
     check_metric,
     check_no_nan,
     check_num_samples,
+    compiling,
     draw_eps,
     out_dtype,
     prepare_pair,
@@ -141,7 +142,7 @@ def topk(
 
     Raises:
         ValueError: k < 1 or k > N (or above the CUDA limit on CUDA), wrong ndim, mismatched D, mixed devices,
-            unknown metric, missing logvar or match-probability arguments, NaN in any input.
+            unknown metric, missing logvar or match-probability arguments, NaN in any input (not checked inside torch.compile, where the scan would break the graph).
         TypeError: non-floating or mixed dtypes, 16-bit dtypes on the CPU, non-int k.
     """
     q_mean, q_logvar, g_mean, g_logvar, (k_slot, metric_slot) = unpack_pair(
@@ -187,7 +188,8 @@ def topk(
         raise ValueError(f"scale, shift and eps_q / eps_g are match_prob arguments; metric is '{metric}'")
 
     inputs = (("q_mean", qm), ("q_logvar", ql), ("g_mean", gm), ("g_logvar", gl))
-    check_no_nan(inputs + (("eps_q", eq), ("eps_g", eg)))
+    if not compiling():  # the scan reads the data: a graph break under torch.compile, so skipped there
+        check_no_nan(inputs + (("eps_q", eq), ("eps_g", eg)))
     values, indices = topk_op(
         qm.detach(),
         None if ql is None else ql.detach(),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..ops._args import (
+    HALF,
     as_int,
     as_scalar,
     as_tensor,
@@ -70,7 +71,7 @@ def check_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         dtype = DTYPES[dtype]
     if dtype not in DTYPES.values():
         raise TypeError(f"dtype must be one of torch.{', torch.'.join(DTYPES)}, got {dtype!r}")
-    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+    if device.type == "cpu" and dtype in HALF:
         raise TypeError(f"dtype {dtype} is supported on CUDA only; use torch.float32 or torch.float64 on the CPU")
     return dtype
 
