@@ -30,8 +30,8 @@ def build_info() -> dict[str, Any]:
     in), ``cuda_archs`` (the compiled GPU architectures), ``cuda_runtime``, ``cuda_available``,
     ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
     or ``generic``), ``cpu_threading`` (``openmp (<library>)`` when the CPU kernels run on the
-    OpenMP runtime torch loaded, ``pcmekit pool`` otherwise) and ``num_threads`` (CPU threads the
-    kernels use).
+    OpenMP runtime torch loaded, ``pcmekit pool`` otherwise), ``num_threads`` (CPU threads the
+    kernels use) and the core's limits: ``cuda_max_topk`` (the largest k the CUDA top-k takes).
     """
     info: Dict[str, Any] = dict(_build_config())
     info["cuda_devices"] = _C.cuda_device_count()
@@ -111,11 +111,6 @@ topk_workspace_bytes = _C.topk_workspace_bytes
 topk = _C.topk
 distance_bce = _C.distance_bce
 adamp_kernel = _C.adamp_step
-
-
-def cuda_max_topk() -> int:
-    """Largest k the CUDA top-k kernel takes (the core's ``kCudaMaxTopk``)."""
-    return int(_build_config()["cuda_max_topk"])
 
 
 @functools.lru_cache(maxsize=None)

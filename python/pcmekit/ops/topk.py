@@ -62,7 +62,8 @@ def topk_op(
     squared: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     score, metric_code = _codes(metric)
-    rows, cols = q_mean.shape[0], max(k, 0)  # a k out of range is the core's error, not torch's
+    # A k outside 1..N is the core's error (it checks k before the outputs), not an allocation's.
+    rows, cols = q_mean.shape[0], min(max(k, 0), g_mean.shape[0])
     values = q_mean.new_empty((rows, cols), dtype=out_dtype(q_mean.dtype))
     indices = q_mean.new_empty((rows, cols), dtype=torch.int64)
     j = 1 if eps_q is None else eps_q.shape[1]
@@ -136,13 +137,14 @@ def topk(
 
     The gallery is streamed through the kernel in tiles; the ``[Q, N]`` score matrix is never
     stored (extra memory is ``O(threads * Q * k)`` plus tiles on the CPU). k may be anything from
-    1 to N on the CPU and up to ``pcmekit.build_info()["cuda_max_topk"]`` (1024) on CUDA. Not differentiable: it returns indices; compute the
-    scores of the returned pairs with :func:`pcmekit.pairwise_distance` if you need gradients.
-    numpy inputs give numpy outputs.
+    1 to N on the CPU and up to ``pcmekit.build_info()["cuda_max_topk"]`` (1024) on CUDA. Not
+    differentiable: it returns indices; compute the scores of the returned pairs with
+    :func:`pcmekit.pairwise_distance` if you need gradients. numpy inputs give numpy outputs.
 
     Raises:
-        ValueError: k < 1 or k > N (or above the CUDA limit on CUDA), wrong ndim, mismatched D, mixed devices,
-            unknown metric, missing logvar or match-probability arguments, NaN in any input (not checked inside torch.compile, where the scan would break the graph).
+        ValueError: k < 1 or k > N (or above the CUDA limit on CUDA), wrong ndim, mismatched D,
+            mixed devices, unknown metric, missing logvar or match-probability arguments, NaN in any input (not
+            checked inside torch.compile, where the scan would break the graph).
         TypeError: non-floating or mixed dtypes, 16-bit dtypes on the CPU, non-int k.
     """
     q_mean, q_logvar, g_mean, g_logvar, (k_slot, metric_slot) = unpack_pair(
