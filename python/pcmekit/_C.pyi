@@ -1,7 +1,7 @@
 """Type stubs for pcmekit._C, the compiled pybind11 core (csrc/bindings/*.cpp).
 
-Internal: the package calls these through ``pcmekit._core``, ``pcmekit.ops`` and
-``pcmekit.montecarlo``. Arrays cross the boundary as view tuples built by
+Internal: the package calls these through ``pcmekit._core`` (the only module that imports
+``_C``), from the op modules ``pcmekit.ops.<op>``. Arrays cross the boundary as view tuples built by
 ``pcmekit._core.matrix_view``; the core never allocates and never sees a torch object.
 
 Errors raised by every function: ``ValueError`` (shapes, devices, "built without CUDA support"),

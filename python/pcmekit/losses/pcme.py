@@ -1,6 +1,6 @@
 """PCME's loss: the soft contrastive loss on Monte-Carlo match probabilities, plus a VIB term.
 
-Chun et al., "Probabilistic Embeddings for Cross-Modal Retrieval", CVPR 2021 (DESIGN.md section 2).
+Chun et al., "Probabilistic Embeddings for Cross-Modal Retrieval", CVPR 2021 (docs/design.md, "The losses").
 The match probabilities come from the fused kernel behind :func:`pcmekit.match_logprob` (log p and
 log(1 - p) in log space, forward and backward); nothing of size B x B x J x J x D exists.
 """
