@@ -14,6 +14,7 @@
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "pcmekit/pairwise.h"
+#include "pcmekit/topk.h"
 #ifdef PCMEKIT_WITH_CUDA
 #include "cuda/device.h"
 #endif
@@ -92,6 +93,8 @@ py::dict build_config() {
   info["cpu_simd"] = cpu::simd_path();
   info["cpu_threading"] = cpu::detail::threading_backend();
   info["hardware_threads"] = std::thread::hardware_concurrency();
+  // The core's limits, published so that the Python layer and its docs never restate them.
+  info["cuda_max_topk"] = kCudaMaxTopk;
   return info;
 }
 

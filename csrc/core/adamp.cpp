@@ -14,11 +14,11 @@ using detail::check_matrix;
 using detail::concat;
 
 void check_finite(double value, const char* name) {
-  if (!std::isfinite(value)) throw std::invalid_argument(concat(name, " must be finite, got ", value));
+  PCMEKIT_CHECK(std::isfinite(value), name, " must be finite, got ", value);
 }
 
 void check_at_least_zero(double value, const char* name) {
-  if (!(value >= 0.0)) throw std::invalid_argument(concat(name, " must be >= 0, got ", value));
+  PCMEKIT_CHECK(value >= 0.0, name, " must be >= 0, got ", value);
 }
 
 void check_hyper(const AdamPStepParams& p) {
@@ -31,29 +31,24 @@ void check_hyper(const AdamPStepParams& p) {
   check_at_least_zero(p.eps, "eps");
   check_at_least_zero(p.weight_decay, "weight_decay");
   if (p.algorithm == ProjectedOptimizer::AdamP) {
-    if (!(p.beta1 >= 0.0 && p.beta1 < 1.0))
-      throw std::invalid_argument(concat("beta1 must be in [0, 1), got ", p.beta1));
-    if (!(p.beta2 >= 0.0 && p.beta2 < 1.0))
-      throw std::invalid_argument(concat("beta2 must be in [0, 1), got ", p.beta2));
+    PCMEKIT_CHECK(p.beta1 >= 0.0 && p.beta1 < 1.0, "beta1 must be in [0, 1), got ", p.beta1);
+    PCMEKIT_CHECK(p.beta2 >= 0.0 && p.beta2 < 1.0, "beta2 must be in [0, 1), got ", p.beta2);
   } else if (p.algorithm == ProjectedOptimizer::SGDP) {
     check_finite(p.momentum, "momentum");
     check_finite(p.dampening, "dampening");
     check_at_least_zero(p.momentum, "momentum");
-    if (p.weight_decay > 0 && p.momentum == 1.0)
-      throw std::invalid_argument(
-          "momentum must be < 1 when weight_decay > 0 (the decay is divided by 1 - momentum), got 1");
+    PCMEKIT_CHECK(!(p.weight_decay > 0 && p.momentum == 1.0),
+                  "momentum must be < 1 when weight_decay > 0 (the decay is divided by 1 - momentum), got 1");
   } else {
-    throw std::invalid_argument(
-        concat("unknown optimizer code ", static_cast<int>(p.algorithm), " (0 AdamP, 1 SGDP)"));
+    PCMEKIT_CHECK(false, "unknown optimizer code ", static_cast<int>(p.algorithm), " (0 AdamP, 1 SGDP)");
   }
 }
 
 // Rows of C consecutive elements: what the kernel walks.
 void check_dense_rows(const MatrixView& v, const std::string& name) {
   const bool dense = v.rows <= 1 || v.row_stride == v.cols;
-  if (!(dense && (v.cols <= 1 || v.col_stride == 1)))
-    throw std::invalid_argument(concat(name, " must be contiguous (strides [", v.cols, ", 1]), got strides [",
-                                       v.row_stride, ", ", v.col_stride, "]"));
+  PCMEKIT_CHECK(dense && (v.cols <= 1 || v.col_stride == 1), name, " must be contiguous (strides [",
+                v.cols, ", 1]), got strides [", v.row_stride, ", ", v.col_stride, "]");
 }
 
 void check_tensor(const AdamPStepParams& p, int64_t i) {
@@ -61,12 +56,10 @@ void check_tensor(const AdamPStepParams& p, int64_t i) {
   const MatrixView& first = p.tensors[0].param;
   const std::string at = concat("tensors[", i, "].");
   const MatrixView& w = t.param;
-  if (i == 0 && w.dtype != DType::Float32 && w.dtype != DType::Float64)
-    throw TypeError(concat(at, "param must have dtype float32 or float64, got ", dtype_name(w.dtype)));
-  if (i == 0 && w.device != Device::CPU)
-    throw std::invalid_argument(concat(at, "param is on ", device_name(w.device),
-                                       "; the fused step runs on the CPU only (CUDA parameters take "
-                                       "the multi-tensor path)"));
+  PCMEKIT_CHECK_TYPE(i != 0 || w.dtype == DType::Float32 || w.dtype == DType::Float64, at,
+                     "param must have dtype float32 or float64, got ", dtype_name(w.dtype));
+  PCMEKIT_CHECK(i != 0 || w.device == Device::CPU, at, "param is on ", device_name(w.device),
+                "; the fused step runs on the CPU only (CUDA parameters take the multi-tensor path)");
   const std::string shape = concat("that of ", at, "param");
   const std::string pname = at + "param";
   check_matrix(w, pname.c_str(), w.rows, w.cols, "[R, C]", first.dtype, first.device, first.device_index);
@@ -82,17 +75,15 @@ void check_tensor(const AdamPStepParams& p, int64_t i) {
                              Companion{t.exp_avg_sq, "exp_avg_sq", adam}}) {
     const std::string name = at + c.field;
     if (!c.needed) {
-      if (c.view.present())
-        throw std::invalid_argument(concat(name, " must be absent for SGDP, got ", c.view.shape_string()));
+      PCMEKIT_CHECK(!c.view.present(), name, " must be absent for SGDP, got ", c.view.shape_string());
       continue;
     }
-    if (!c.view.present() && w.rows * w.cols > 0)
-      throw std::invalid_argument(concat(name, " is missing (null data pointer)"));
+    PCMEKIT_CHECK(c.view.present() || w.rows * w.cols == 0, name, " is missing (null data pointer)");
     check_matrix(c.view, name.c_str(), w.rows, w.cols, shape.c_str(), first.dtype, first.device,
                  first.device_index);
     check_dense_rows(c.view, name);
   }
-  if (adam && t.step < 1) throw std::invalid_argument(concat(at, "step must be >= 1, got ", t.step));
+  PCMEKIT_CHECK(!adam || t.step >= 1, at, "step must be >= 1, got ", t.step);
   // The kernel reads and writes the four arrays as distinct memory.
   const int64_t bytes = w.rows * w.cols * (w.dtype == DType::Float64 ? 8 : 4);
   const MatrixView* views[4] = {&t.param, &t.grad, &t.exp_avg, &t.exp_avg_sq};
@@ -102,9 +93,8 @@ void check_tensor(const AdamPStepParams& p, int64_t i) {
       if (bytes == 0 || !views[a]->present() || !views[b]->present()) continue;
       const auto lo_a = reinterpret_cast<uintptr_t>(views[a]->data);
       const auto lo_b = reinterpret_cast<uintptr_t>(views[b]->data);
-      if (lo_a < lo_b + uintptr_t(bytes) && lo_b < lo_a + uintptr_t(bytes))
-        throw std::invalid_argument(concat(at, names[a], " and ", at, names[b],
-                                           " overlap in memory; they must be distinct tensors"));
+      PCMEKIT_CHECK(!(lo_a < lo_b + uintptr_t(bytes) && lo_b < lo_a + uintptr_t(bytes)), at, names[a],
+                    " and ", at, names[b], " overlap in memory; they must be distinct tensors");
     }
 }
 
@@ -112,10 +102,10 @@ void check_tensor(const AdamPStepParams& p, int64_t i) {
 
 void adamp_step(const AdamPStepParams& p) {
   check_hyper(p);
-  if (p.count < 0) throw std::invalid_argument(concat("count must be >= 0, got ", p.count));
+  PCMEKIT_CHECK(p.count >= 0, "count must be >= 0, got ", p.count);
   if (p.count == 0) return;
-  if (p.tensors == nullptr) throw std::invalid_argument("tensors is missing (null pointer)");
-  if (p.projections == nullptr) throw std::invalid_argument("projections is missing (null pointer)");
+  PCMEKIT_CHECK(p.tensors != nullptr, "tensors is missing (null pointer)");
+  PCMEKIT_CHECK(p.projections != nullptr, "projections is missing (null pointer)");
   for (int64_t i = 0; i < p.count; ++i) check_tensor(p, i);
   cpu::adamp_step(p);
 }

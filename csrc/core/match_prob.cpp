@@ -10,7 +10,6 @@ namespace pcmekit {
 namespace {
 
 using detail::check_matrix;
-using detail::concat;
 
 // Checks the six inputs and the scalars; a_mean fixes N, D, dtype and device.
 void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const MatrixView& b_mean,
@@ -20,14 +19,12 @@ void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const Ma
   const DType dt = a_mean.dtype;
   const Device dev = a_mean.device;
   const int idx = a_mean.device_index;
-  if (dt != DType::Float32 && dt != DType::Float64)
-    throw TypeError(concat("a_mean has dtype ", dtype_name(dt),
-                           "; match_prob computes in float32 or float64 (convert 16-bit inputs "
-                           "to float32 first)"));
-  if (num_samples < 1)
-    throw std::invalid_argument(concat("num_samples must be >= 1, got ", num_samples));
-  if (!std::isfinite(scale)) throw std::invalid_argument(concat("scale must be finite, got ", scale));
-  if (!std::isfinite(shift)) throw std::invalid_argument(concat("shift must be finite, got ", shift));
+  PCMEKIT_CHECK_TYPE(dt == DType::Float32 || dt == DType::Float64, "a_mean has dtype ", dtype_name(dt),
+                     "; match_prob computes in float32 or float64 (convert 16-bit inputs to "
+                     "float32 first)");
+  PCMEKIT_CHECK(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
+  PCMEKIT_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
+  PCMEKIT_CHECK(std::isfinite(shift), "shift must be finite, got ", shift);
   check_matrix(a_mean, "a_mean", n, d, "[N, D]", dt, dev, idx);
   check_matrix(a_logvar, "a_logvar", n, d, "[N, D]", dt, dev, idx);
   check_matrix(b_mean, "b_mean", m, d, "[M, D]", dt, dev, idx);

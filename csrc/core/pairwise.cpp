@@ -7,7 +7,6 @@ namespace pcmekit {
 namespace {
 
 using detail::check_matrix;
-using detail::concat;
 
 // Checks the four inputs against a_mean, which fixes N, D, dtype and device.
 void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const MatrixView& b_mean,
@@ -16,9 +15,8 @@ void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const Ma
   const DType dt = a_mean.dtype;
   const Device dev = a_mean.device;
   const int idx = a_mean.device_index;
-  if (dev == Device::CPU && detail::is_half(dt))
-    throw TypeError(concat("a_mean has dtype ", dtype_name(dt),
-                           ", which pcmekit supports on CUDA only; use float32 or float64 on the CPU"));
+  PCMEKIT_CHECK_TYPE(dev != Device::CPU || !detail::is_half(dt), "a_mean has dtype ", dtype_name(dt),
+                     ", which pcmekit supports on CUDA only; use float32 or float64 on the CPU");
   check_matrix(a_mean, "a_mean", n, d, "[N, D]", dt, dev, idx);
   check_matrix(b_mean, "b_mean", m, d, "[M, D]", dt, dev, idx);
   const bool need_logvar = metric_needs_logvar(metric);
@@ -26,15 +24,13 @@ void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const Ma
     check_matrix(a_logvar, "a_logvar", n, d, "[N, D]", dt, dev, idx);
   if (need_logvar || b_logvar.present())
     check_matrix(b_logvar, "b_logvar", m, d, "[M, D]", dt, dev, idx);
-  if (need_logvar && ((!a_logvar.present() && n * d > 0) || (!b_logvar.present() && m * d > 0)))
-    throw std::invalid_argument(
-        concat("metric '", metric_name(metric), "' needs a_logvar and b_logvar"));
+  PCMEKIT_CHECK(!need_logvar || ((a_logvar.present() || n * d == 0) && (b_logvar.present() || m * d == 0)),
+                "metric '", metric_name(metric), "' needs a_logvar and b_logvar");
 }
 
 void check_metric(Metric metric) {
   const int code = static_cast<int>(metric);
-  if (code < 0 || code > static_cast<int>(Metric::ELK))
-    throw std::invalid_argument(concat("unknown metric code ", code));
+  PCMEKIT_CHECK(code >= 0 && code <= static_cast<int>(Metric::ELK), "unknown metric code ", code);
 }
 
 }  // namespace

@@ -9,7 +9,6 @@ namespace pcmekit {
 namespace {
 
 using detail::check_matrix;
-using detail::concat;
 
 void check_inputs(const TopkParams& p) {
   const MatrixView& q = p.q_mean;
@@ -18,19 +17,16 @@ void check_inputs(const TopkParams& p) {
   const Device dev = q.device;
   const int idx = q.device_index;
   const bool match = p.score == TopkScore::MatchProb;
-  if (p.score != TopkScore::Distance && !match)
-    throw std::invalid_argument(concat("unknown top-k score code ", static_cast<int>(p.score)));
+  PCMEKIT_CHECK(p.score == TopkScore::Distance || match, "unknown top-k score code ",
+                static_cast<int>(p.score));
   const int metric_code = static_cast<int>(p.metric);
-  if (!match && (metric_code < 0 || metric_code > static_cast<int>(Metric::ELK)))
-    throw std::invalid_argument(concat("unknown metric code ", metric_code));
-  if (dt == DType::Int64)
-    throw TypeError("q_mean must be floating point (float32 or float64), got int64");
-  if (dev == Device::CPU && detail::is_half(dt))
-    throw TypeError(concat("q_mean has dtype ", dtype_name(dt),
-                           ", which pcmekit supports on CUDA only; use float32 or float64 on the CPU"));
-  if (match && dt != DType::Float32 && dt != DType::Float64)
-    throw TypeError(concat("q_mean has dtype ", dtype_name(dt),
-                           "; match_prob top-k computes in float32 or float64"));
+  PCMEKIT_CHECK(match || (metric_code >= 0 && metric_code <= static_cast<int>(Metric::ELK)),
+                "unknown metric code ", metric_code);
+  PCMEKIT_CHECK_TYPE(dt != DType::Int64, "q_mean must be floating point (float32 or float64), got int64");
+  PCMEKIT_CHECK_TYPE(dev != Device::CPU || !detail::is_half(dt), "q_mean has dtype ", dtype_name(dt),
+                     ", which pcmekit supports on CUDA only; use float32 or float64 on the CPU");
+  PCMEKIT_CHECK_TYPE(!match || dt == DType::Float32 || dt == DType::Float64, "q_mean has dtype ",
+                     dtype_name(dt), "; match_prob top-k computes in float32 or float64");
   check_matrix(q, "q_mean", nq, d, "[Q, D]", dt, dev, idx);
   check_matrix(p.g_mean, "g_mean", n, d, "[N, D]", dt, dev, idx);
   const bool need_logvar = match || metric_needs_logvar(p.metric);
@@ -38,23 +34,19 @@ void check_inputs(const TopkParams& p) {
     check_matrix(p.q_logvar, "q_logvar", nq, d, "[Q, D]", dt, dev, idx);
   if (need_logvar || p.g_logvar.present())
     check_matrix(p.g_logvar, "g_logvar", n, d, "[N, D]", dt, dev, idx);
-  if (need_logvar && ((!p.q_logvar.present() && nq * d > 0) || (!p.g_logvar.present() && n * d > 0)))
-    throw std::invalid_argument(match ? std::string("match_prob needs q_logvar and g_logvar")
-                                      : concat("metric '", metric_name(p.metric),
-                                               "' needs q_logvar and g_logvar"));
+  PCMEKIT_CHECK(!need_logvar || ((p.q_logvar.present() || nq * d == 0) && (p.g_logvar.present() || n * d == 0)),
+                match ? std::string("match_prob") : detail::concat("metric '", metric_name(p.metric), "'"),
+                " needs q_logvar and g_logvar");
   if (match) {
-    if (p.num_samples < 1)
-      throw std::invalid_argument(concat("num_samples must be >= 1, got ", p.num_samples));
-    if (!std::isfinite(p.scale)) throw std::invalid_argument(concat("scale must be finite, got ", p.scale));
-    if (!std::isfinite(p.shift)) throw std::invalid_argument(concat("shift must be finite, got ", p.shift));
+    PCMEKIT_CHECK(p.num_samples >= 1, "num_samples must be >= 1, got ", p.num_samples);
+    PCMEKIT_CHECK(std::isfinite(p.scale), "scale must be finite, got ", p.scale);
+    PCMEKIT_CHECK(std::isfinite(p.shift), "shift must be finite, got ", p.shift);
     check_matrix(p.eps_q, "eps_q", nq * p.num_samples, d, "[Q * J, D]", dt, dev, idx);
     check_matrix(p.eps_g, "eps_g", n * p.num_samples, d, "[N * J, D]", dt, dev, idx);
   }
-  if (p.k < 1 || p.k > n)
-    throw std::invalid_argument(concat("k must be between 1 and the gallery size N = ", n, ", got ", p.k));
-  if (dev == Device::CUDA && p.k > kCudaMaxTopk)
-    throw std::invalid_argument(concat("k must be at most ", kCudaMaxTopk, " on CUDA, got ", p.k,
-                                       "; run the search on the CPU or in several passes"));
+  PCMEKIT_CHECK(p.k >= 1 && p.k <= n, "k must be between 1 and the gallery size N = ", n, ", got ", p.k);
+  PCMEKIT_CHECK(dev != Device::CUDA || p.k <= kCudaMaxTopk, "k must be at most ", kCudaMaxTopk,
+                " on CUDA, got ", p.k, "; search on the CPU or in several passes");
 }
 
 }  // namespace
@@ -78,9 +70,9 @@ void topk(const TopkParams& p) {
   if (q.device == Device::CUDA) {
 #ifdef PCMEKIT_WITH_CUDA
     const int64_t need = cuda::topk_workspace_bytes(p);
-    if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
-      throw std::invalid_argument(concat("workspace must hold ", need, " bytes, got ",
-                                         p.workspace == nullptr ? 0 : p.workspace_bytes));
+    PCMEKIT_CHECK(need <= 0 || (p.workspace != nullptr && p.workspace_bytes >= need),
+                  "workspace must hold ", need, " bytes, got ",
+                  p.workspace == nullptr ? 0 : p.workspace_bytes);
     cuda::topk(p);
 #else
     detail::throw_no_cuda();

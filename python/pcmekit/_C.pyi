@@ -1,7 +1,7 @@
 """Type stubs for pcmekit._C, the compiled pybind11 core (csrc/bindings/*.cpp).
 
-Internal: the package calls these through ``pcmekit._core``, ``pcmekit.ops`` and
-``pcmekit.montecarlo``. Arrays cross the boundary as view tuples built by
+Internal: the package calls these through ``pcmekit._core`` (the only module that imports
+``_C``), from the op modules ``pcmekit.ops.<op>``. Arrays cross the boundary as view tuples built by
 ``pcmekit._core.matrix_view``; the core never allocates and never sees a torch object.
 
 Errors raised by every function: ``ValueError`` (shapes, devices, "built without CUDA support"),
@@ -28,9 +28,10 @@ class BuildConfig(TypedDict):
     cpu_simd: str  # "avx512", "avx2" or "generic": the CPU micro-kernel this machine gets
     cpu_threading: str  # "openmp (<library>)" (torch's runtime) or "pcmekit pool"
     hardware_threads: int
+    cuda_max_topk: int  # largest k the CUDA top-k kernel takes (kCudaMaxTopk, pcmekit/topk.h)
 
 def pairwise_forward(
-    metric: int,  # index into pcmekit._checks.METRICS
+    metric: int,  # index into pcmekit.ops._args.METRICS
     a_mean: ViewTuple,  # [N, D]
     a_logvar: Optional[ViewTuple],  # [N, D]; None for l2
     b_mean: ViewTuple,  # [M, D]
@@ -115,7 +116,7 @@ def topk(
     scale: float,
     shift: float,
     squared: bool,
-    k: int,  # 1 <= k <= N (<= 1024 on CUDA)
+    k: int,  # 1 <= k <= N (<= build_config()["cuda_max_topk"] on CUDA)
     values: ViewTuple,  # [Q, k], written: best first
     indices: ViewTuple,  # [Q, k] int64, written
     workspace: int,  # device pointer of topk_workspace_bytes(...) bytes (0 when none)

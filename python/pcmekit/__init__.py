@@ -7,13 +7,11 @@ CUDA.
 
 from __future__ import annotations
 
-from . import losses, reference, retrieval
+from . import losses, ops, reference, retrieval
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
 from .losses import distance_bce_with_logits, pairwise_bce_loss
-from .montecarlo import match_logprob, match_prob
-from .ops import pairwise_distance
-from .retrieval import topk
+from .ops import match_logprob, match_prob, pairwise_distance, topk
 
 __version__: str = build_info()["version"]
 
@@ -26,6 +24,7 @@ __all__ = [
     "losses",
     "match_logprob",
     "match_prob",
+    "ops",
     "pairwise_bce_loss",
     "pairwise_distance",
     "reference",

@@ -1,13 +1,14 @@
-"""Access to the compiled core: build information, views, threads and streams.
+"""Access to the compiled core: build information, views, threads, streams and the kernels.
 
-Everything that touches ``pcmekit._C`` directly goes through this module, so the rest of the
-package sees plain Python functions.
+This is the only module that imports ``pcmekit._C``: the ops (``pcmekit.ops.<op>``) call the
+compiled entry points through the names below, so the rest of the package sees plain Python
+functions.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional, Sequence, Tuple, overload
+from typing import Any, Dict, List, Optional, Tuple, overload
 
 import torch
 
@@ -29,10 +30,10 @@ def build_info() -> dict[str, Any]:
     in), ``cuda_archs`` (the compiled GPU architectures), ``cuda_runtime``, ``cuda_available``,
     ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
     or ``generic``), ``cpu_threading`` (``openmp (<library>)`` when the CPU kernels run on the
-    OpenMP runtime torch loaded, ``pcmekit pool`` otherwise) and ``num_threads`` (CPU threads the
-    kernels use).
+    OpenMP runtime torch loaded, ``pcmekit pool`` otherwise), ``num_threads`` (CPU threads the
+    kernels use) and the core's limits: ``cuda_max_topk`` (the largest k the CUDA top-k takes).
     """
-    info: Dict[str, Any] = dict(_C.build_config())
+    info: Dict[str, Any] = dict(_build_config())
     info["cuda_devices"] = _C.cuda_device_count()
     info["cuda_available"] = info["cuda_devices"] > 0
     info["num_threads"] = get_num_threads()
@@ -40,10 +41,9 @@ def build_info() -> dict[str, Any]:
     return info
 
 
-@functools.lru_cache(maxsize=None)
 def cuda_compiled() -> bool:
     """True when the CUDA back end was compiled in (a GPU may still be missing)."""
-    return bool(_C.build_config()["cuda_compiled"])
+    return bool(_build_config()["cuda_compiled"])
 
 
 def cuda_available() -> bool:
@@ -87,6 +87,11 @@ def matrix_view(t: Optional[torch.Tensor]) -> Optional[View]:
     )
 
 
+def dtype_code(dtype: torch.dtype) -> int:
+    """The core's code of a torch dtype (also what ranks exchange to compare dtypes)."""
+    return _DTYPE_CODES[dtype]
+
+
 def stream_handle(device: torch.device) -> int:
     """The raw CUDA stream pcmekit must launch on (0 on the CPU)."""
     if device.type == "cuda":
@@ -94,54 +99,28 @@ def stream_handle(device: torch.device) -> int:
     return 0
 
 
-#: Outcome codes of ``_C.adamp_step``, in code order.
-ADAMP_PROJECTIONS = ("none", "channel", "layer")
+# ---------------------------------------------------------------------------------------------
+# The compiled entry points, one per kernel (typed in _C.pyi). pcmekit.ops.<op> builds the views
+# and calls them from here.
+
+pairwise_forward = _C.pairwise_forward
+pairwise_backward = _C.pairwise_backward
+match_prob_forward = _C.match_prob_forward
+match_prob_backward = _C.match_prob_backward
+topk_workspace_bytes = _C.topk_workspace_bytes
+topk = _C.topk
+distance_bce = _C.distance_bce
+adamp_kernel = _C.adamp_step
 
 
-def adamp_step(
-    algorithm: int,
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Optional[Sequence[torch.Tensor]],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    beta1: float = 0.0,
-    beta2: float = 0.0,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    eps: float,
-    weight_decay: float,
-    delta: float,
-    wd_ratio: float,
-    nesterov: bool,
-) -> List[str]:
-    """One fused AdamP (``algorithm=0``) or SGDP (``1``) step over CPU tensors of one dtype.
+@functools.lru_cache(maxsize=None)
+def _build_config() -> Dict[str, Any]:
+    return dict(_C.build_config())
 
-    Precondition, checked by the caller (``pcmekit.optim``): each parameter and its gradient and
-    state tensors have one shape and one memory order in which every ``t[i]`` is a block of
-    consecutive elements (contiguous, or channels_last). A parameter of dimension > 1 is passed
-    as its channel view ``[size(0), numel / size(0)]``, any other one as ``[1, numel]``. Returns
-    the projection applied to each parameter: ``"none"``, ``"channel"`` or ``"layer"``.
-    """
-    code = _DTYPE_CODES[params[0].dtype] if params else 0
-    shapes: List[Tuple[int, int]] = []
-    projectable: List[bool] = []
-    for p in params:
-        n = p.numel()
-        tested = p.dim() > 1 and n > 0
-        rows = p.shape[0] if tested else 1
-        shapes.append((rows, n // rows))
-        projectable.append(tested)
 
-    def views(tensors: Sequence[torch.Tensor]) -> List[View]:
-        return [(t.data_ptr(), r, c, c, 1, code, 0, 0) for t, (r, c) in zip(tensors, shapes)]
+def adamp_step(*args: Any, **kwargs: Any) -> List[str]:
+    """The fused AdamP / SGDP step over tensors: :func:`pcmekit.ops.adamp.adamp_step` (the
+    optimizers call it through this name)."""
+    from .ops.adamp import adamp_step as step
 
-    outcome = _C.adamp_step(
-        algorithm, views(params), views(grads), views(exp_avgs),
-        None if exp_avg_sqs is None else views(exp_avg_sqs), list(steps), projectable,
-        lr, beta1, beta2, momentum, dampening, eps, weight_decay, delta, wd_ratio, nesterov,
-        get_num_threads(),
-    )
-    return [ADAMP_PROJECTIONS[k] for k in outcome]
+    return step(*args, **kwargs)

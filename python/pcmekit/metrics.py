@@ -9,7 +9,7 @@ integers), and the ground truth as **sparse positive sets**, in one of two forms
   (ECCV Caption evaluates a subset of COCO's queries this way).
 
 With R the number of positives of a query and rel(r) = 1 when the item at rank r is a positive
-(DESIGN.md section 2):
+(docs/design.md, "Retrieval metrics"):
 
 * ``R@K`` = 1 if any positive is in the top K;
 * ``R-P`` (R-Precision) = (positives in the top R) / R;

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -32,6 +30,8 @@ import torch
 from torch import nn
 
 from . import metrics as M
+from ._io import atomic_write
+from ._progress import Progress
 from .embedding import ProbEmbedding
 from .losses import InfoNCELoss, PCMELoss, PCMEPPLoss
 from .optim import AdamP
@@ -53,32 +53,8 @@ CHECKPOINT_FORMAT = "pcmekit.train/1"
 # --------------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """A one-line progress bar on stderr (only when stderr is a terminal, unless forced)."""
-
-    def __init__(self, total: int, desc: str, enabled: Optional[bool] = None, stream: Any = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = (hasattr(self.stream, "isatty") and self.stream.isatty()) if enabled is None else enabled
-        self.total, self.desc, self.n = max(total, 1), desc, 0
-        self.start = self._last = time.perf_counter()
-
-    def update(self, n: int = 1, info: str = "") -> None:
-        self.n += n
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < 0.1 and self.n < self.total):
-            return
-        self._last = now
-        width = 24
-        done = int(width * min(self.n, self.total) / self.total)
-        rate = self.n / max(now - self.start, 1e-9)
-        self.stream.write(f"\r{self.desc} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
-                          f"{rate:.1f} it/s {info}\033[K")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+#: The package's progress bar (``pcmekit._progress``), under the name this module always used.
+_Progress = Progress
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,16 +68,7 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> None:
     the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:

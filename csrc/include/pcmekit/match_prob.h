@@ -1,4 +1,4 @@
-// Monte-Carlo match probability of PCME between two sets of diagonal Gaussians (DESIGN.md §2).
+// Monte-Carlo match probability of PCME between two sets of diagonal Gaussians (docs/design.md, "The match probability").
 //
 //   z_as = a_mean[n] + exp(a_logvar[n] / 2) * eps_a[n * J + s]          s < J   (likewise z_bt)
 //   d_st = sqrt(||z_as - z_bt||^2 + 1e-6)          (or ||z_as - z_bt||^2 when `squared`)

@@ -1,4 +1,4 @@
-// The metric math of pcmekit, in one place (DESIGN.md section 2).
+// The metric math of pcmekit, in one place (docs/design.md, "The metrics").
 //
 // Every metric is a sum over the D dimensions of a per-dimension term t(a_d, b_d) plus a
 // constant; the per-dimension term and its four partial derivatives are written once here as

@@ -1,7 +1,7 @@
 """Benchmark suite ``loss``: the PCME++ loss, forward + backward.
 
 ``PCMEPPLoss`` (fused CSD kernels + one hand-written autograd function over the B x B logits)
-against ``pcmekit.reference_loss.pcmepp_loss_reference`` (the same loss in plain PyTorch: GEMM-form
+against ``pcmekit.reference.pcmepp_loss_reference`` (the same loss in plain PyTorch: GEMM-form
 CSD, BCE-with-logits, autograd) at B = 128, 1024, 4096 (quick: 128, 512), D = 512, float32, the
 identity match matrix and the default weights, in one process. Values and gradients are checked
 to agree (float64, and the smooth parts in float32) before anything is timed. Each row's notes split the time into the CSD matrix (forward +
@@ -17,7 +17,7 @@ import torch
 from .. import ops, reference
 from ..embedding import ProbEmbedding
 from ..losses import PCMEPPLoss
-from ..reference_loss import pcmepp_loss_reference
+from ..reference.losses import pcmepp_loss_reference
 from . import BenchConfig, interleaved_medians, row
 
 SUITE = "loss"

@@ -4,7 +4,7 @@
    J = 7 samples, float32, forward only (the issue's size; ``--quick``: Q = 200, N = 1000).
 2. Forward + backward of a PCME-style loss on B x B pairs (B = 512; quick: 128), D = 256, J = 7.
 
-Each against ``pcmekit.reference_match.match_logprob_fast`` (chunked GEMM over samples) in the
+Each against ``pcmekit.reference.match_logprob_fast`` (chunked GEMM over samples) in the
 same run, on the same noise, after checking both against a float64 result. GFLOP/s counts the
 sample-distance GEMM, 2 (Q J) (N J) D per forward (3x that for forward + backward). scale and
 shift are PCME's initial values in pcmekit's convention (30 and 30): most random pairs have
@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import reference_match
-from ..montecarlo import match_logprob
+from ..reference import match_prob as reference_match
+from ..ops.match_prob import match_logprob
 from . import BenchConfig, median_time, row
 from ._memory import cuda_peak_mb, peak_rss_mb
 

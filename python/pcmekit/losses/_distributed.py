@@ -1,12 +1,13 @@
 """Batch preparation for the losses: argument checks and, with ``gather=True``, the global batch.
 
 :func:`prepare_batch` validates one rank's ``(img, txt, matched)`` and, under torch.distributed,
-all-gathers the embeddings with gradients (:class:`_AllGatherRows`, one collective for all of them;
-ranks may hold different batch sizes) and assembles the block-diagonal global ``matched``.
+all-gathers the embeddings with gradients (:func:`pcmekit._distributed.gather_rows`, one
+collective for all of them; ranks may hold different batch sizes) and assembles the
+block-diagonal global ``matched``.
 
 Contract (what "matching gradients" means here). Every rank gathers the embeddings of all ranks
 and computes the *same* global loss L on the concatenated batch. In the backward pass each rank
-holds dL/dX for the whole gathered batch; :class:`_AllGatherRows` all-reduces (sums) it and keeps
+holds dL/dX for the whole gathered batch; the gather's backward all-reduces (sums) it and keeps
 the rows the rank owns. A rank's own embeddings therefore receive ``world_size * dL/dX_own``, and
 after the gradient *averaging* that DistributedDataParallel (and FSDP) perform, every parameter
 gradient -- the encoders' as well as the loss's own ``scale``/``shift``, which get dL/dscale on
@@ -20,95 +21,24 @@ raises (the offending one with its own message), instead of the others hanging.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 
-from .._checks import check_float_matrix
+from .. import _distributed
+from .._core import dtype_code
+from .._distributed import collective_device, exchange_status, gather_rows
 from ..embedding import ProbEmbedding
+from ..ops._args import check_float_matrix, gaussians_of, out_dtype
 
-__all__ = ["Batch", "prepare_batch", "process_group_info", "exchange_metadata", "gather_rows"]
-
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+__all__ = ["Batch", "prepare_batch", "process_group_info", "compute_dtype"]
 
 
 def process_group_info(owner: str) -> Tuple[int, int]:
-    """(rank, world_size) of the default process group; a clear error when there is none."""
-    if not dist.is_available():
-        raise RuntimeError(f"{owner}(gather=True) needs torch.distributed, which this torch build lacks")
-    if not dist.is_initialized():
-        raise RuntimeError(
-            f"{owner}(gather=True) needs an initialised torch.distributed process group "
-            "(call torch.distributed.init_process_group first), or use gather=False for a "
-            "single-process loss"
-        )
-    return dist.get_rank(), dist.get_world_size()
-
-
-def collective_device(hint: Optional[torch.device]) -> torch.device:
-    """The device the small metadata tensors live on: the data's device, else the backend's."""
-    if hint is not None:
-        return hint
-    if dist.get_backend() == "nccl" and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def exchange_metadata(values: Sequence[int], device: torch.device) -> List[List[int]]:
-    """All-gathers a short list of ints (the same length on every rank); returns one list per rank."""
-    local = torch.tensor(list(values), dtype=torch.int64, device=device)
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, local)
-    return [p.tolist() for p in parts]
-
-
-class _AllGatherRows(torch.autograd.Function):
-    """Concatenation of every rank's 1-D buffer (``numels[r]`` elements from rank r).
-
-    Forward: pad to the largest buffer, ``all_gather``, trim. Backward: ``all_reduce(SUM)`` of the
-    gradient of the concatenation, then this rank's slice (see the module docstring for why a sum).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, local: torch.Tensor, numels: Tuple[int, ...], rank: int) -> torch.Tensor:
-        ctx.numels = numels
-        ctx.rank = rank
-        width = max(numels)
-        padded = local.new_zeros(width)
-        padded[: local.numel()] = local
-        parts = [torch.empty_like(padded) for _ in numels]
-        dist.all_gather(parts, padded.contiguous())
-        return torch.cat([p[:n] for p, n in zip(parts, numels)])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = sum(ctx.numels[: ctx.rank])
-        return grad[start : start + ctx.numels[ctx.rank]], None, None
-
-
-def gather_rows(
-    tensors: Sequence[torch.Tensor], rows: Sequence[Sequence[int]], rank: int
-) -> List[torch.Tensor]:
-    """Global versions of K 2-D tensors, rows of rank 0 first, gradients flowing to their owners.
-
-    ``tensors[k]`` is ``[rows[rank][k], width_k]`` on this rank; ``rows[r][k]`` is rank r's row
-    count of tensor k (from :func:`exchange_metadata`), and every rank must pass the same widths,
-    dtype and device. One data collective for all K tensors.
-    """
-    widths = [t.shape[1] for t in tensors]
-    local = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.empty(0)
-    numels = tuple(sum(n * w for n, w in zip(rank_rows, widths)) for rank_rows in rows)
-    flat = _AllGatherRows.apply(local, numels, rank)
-    pieces: List[List[torch.Tensor]] = [[] for _ in tensors]
-    offset = 0
-    for rank_rows in rows:
-        for k, (n, w) in enumerate(zip(rank_rows, widths)):
-            pieces[k].append(flat[offset : offset + n * w].view(n, w))
-            offset += n * w
-    return [torch.cat(p) for p in pieces]
+    """(rank, world_size) of the default process group for a loss with ``gather=True``."""
+    return _distributed.process_group_info(
+        f"{owner}(gather=True)", alternative=", or use gather=False for a single-process loss"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,25 +58,15 @@ class Batch(NamedTuple):
     matched: Optional[torch.Tensor]
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Losses on 16-bit embeddings compute in float32 (the CSD op returns float32 for them)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _unpack(x: Any, name: str, need_logvar: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if isinstance(x, ProbEmbedding):
-        return x.mean, x.logvar
-    if not need_logvar and isinstance(x, torch.Tensor):
-        return x, None
-    expected = "a pcmekit.ProbEmbedding" + ("" if need_logvar else " or a [B, D] tensor of means")
-    raise TypeError(f"{name} must be {expected}, got {type(x).__name__}")
+#: Losses on 16-bit embeddings compute in float32 (the CSD op returns float32 for them).
+compute_dtype = out_dtype
 
 
 def _validate_local(
     owner: str, img: Any, txt: Any, matched: Any, need_logvar: bool, positive_lines: bool
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    img_mean, img_logvar = _unpack(img, "img", need_logvar)
-    txt_mean, txt_logvar = _unpack(txt, "txt", need_logvar)
+    img_mean, img_logvar = gaussians_of(img, "img", means=not need_logvar)
+    txt_mean, txt_logvar = gaussians_of(txt, "txt", means=not need_logvar)
     check_float_matrix(img_mean, "img.mean", "[B_img, D]")
     check_float_matrix(txt_mean, "txt.mean", "[B_txt, D]")
     if txt_mean.shape[1] != img_mean.shape[1]:
@@ -226,30 +146,22 @@ def prepare_batch(
             if isinstance(t, torch.Tensor):
                 hint = t.device
                 break
-        meta = [1, 0, 0, 0, 0, -1]
+        meta = [0, 0, 0, 0, -1]
     else:
         img_mean, img_logvar, txt_mean, txt_logvar, m = local
         hint = img_mean.device
-        meta = [0, img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
-                _DTYPE_CODES[img_mean.dtype]]
-    metas = exchange_metadata(meta, collective_device(hint))
-    if error is not None:
-        raise error
-    failed = [r for r, mt in enumerate(metas) if mt[0]]
-    if failed:
-        raise RuntimeError(
-            f"{owner}(gather=True): rank(s) {failed} rejected their inputs (see the error raised there); "
-            "every rank stops so that none waits in a collective"
-        )
-    dims = {mt[3] for mt in metas}
-    dtypes = {mt[5] for mt in metas}
+        meta = [img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
+                dtype_code(img_mean.dtype)]
+    metas = exchange_status(meta, error, collective_device(hint), f"{owner}(gather=True)")
+    dims = {mt[2] for mt in metas}
+    dtypes = {mt[4] for mt in metas}
     if len(dims) > 1 or len(dtypes) > 1:
         raise ValueError(
             f"{owner}(gather=True): all ranks must pass embeddings of one D and dtype; got D per rank "
-            f"{[mt[3] for mt in metas]} and dtype codes {[mt[5] for mt in metas]}"
+            f"{[mt[2] for mt in metas]} and dtype codes {[mt[4] for mt in metas]}"
         )
-    b_img = [mt[1] for mt in metas]
-    b_txt = [mt[2] for mt in metas]
+    b_img = [mt[0] for mt in metas]
+    b_txt = [mt[1] for mt in metas]
     _check_not_empty(owner, sum(b_img), sum(b_txt))
 
     g_img_logvar: Optional[torch.Tensor]
@@ -265,7 +177,7 @@ def prepare_batch(
         g_img_logvar = g_txt_logvar = None
 
     g_matched = None
-    if any(mt[4] for mt in metas):
+    if any(mt[3] for mt in metas):
         if m is None:  # this rank's block is the identity (it is square: checked above)
             m = torch.eye(b_img[rank], dtype=compute_dtype(img_mean.dtype), device=img_mean.device)
         with torch.no_grad():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..embedding import ProbEmbedding
-from ._distributed import prepare_batch
+from ._distributed import compute_dtype, prepare_batch
 
 __all__ = ["InfoNCELoss"]
 
@@ -68,8 +68,8 @@ class InfoNCELoss(torch.nn.Module):
             "InfoNCELoss", img, txt, matched, gather=self.gather, need_logvar=False, positive_lines=True
         )
         img_mean, txt_mean = batch.img_mean, batch.txt_mean
-        if img_mean.dtype in (torch.float16, torch.bfloat16):
-            img_mean, txt_mean = img_mean.float(), txt_mean.float()
+        work = compute_dtype(img_mean.dtype)
+        img_mean, txt_mean = img_mean.to(work), txt_mean.to(work)
         scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).to(img_mean.dtype)
         logits = scale * (F.normalize(img_mean, dim=1) @ F.normalize(txt_mean, dim=1).T)
         if batch.matched is None:

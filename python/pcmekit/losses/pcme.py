@@ -1,6 +1,6 @@
 """PCME's loss: the soft contrastive loss on Monte-Carlo match probabilities, plus a VIB term.
 
-Chun et al., "Probabilistic Embeddings for Cross-Modal Retrieval", CVPR 2021 (DESIGN.md section 2).
+Chun et al., "Probabilistic Embeddings for Cross-Modal Retrieval", CVPR 2021 (docs/design.md, "The losses").
 The match probabilities come from the fused kernel behind :func:`pcmekit.match_logprob` (log p and
 log(1 - p) in log space, forward and backward); nothing of size B x B x J x J x D exists.
 """
@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
-from ..montecarlo import _draw_eps, match_logprob
-from ._distributed import exchange_metadata, gather_rows, prepare_batch, process_group_info
+from ..ops._args import check_num_samples, draw_eps
+from ..ops.match_prob import match_logprob
+from .._distributed import collective_device, exchange_status, gather_rows
+from ._distributed import prepare_batch, process_group_info
 
 __all__ = ["PCMELoss"]
 
@@ -78,8 +80,7 @@ class PCMELoss(nn.Module):
         gather: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        num_samples = check_num_samples(num_samples)
         for name, value in (("init_scale", init_scale), ("init_shift", init_shift), ("vib_weight", vib_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -179,19 +180,13 @@ class PCMELoss(nn.Module):
             rows, dim = emb.mean.shape
             problem = self._noise_error(name, emb, eps)
             if eps is None:
-                eps = _draw_eps(rows, j, dim, emb.mean, generator)
+                eps = draw_eps(rows, j, dim, emb.mean, generator)
             elif problem is not None:
                 error = error or problem
                 eps = torch.zeros((rows, j, dim), dtype=emb.mean.dtype, device=emb.mean.device)
             local.append(eps.detach().reshape(rows, j * dim))
-        metas = exchange_metadata([int(error is not None), local[0].shape[0], local[1].shape[0]],
-                                  local[0].device)
-        if error is not None:
-            raise error
-        failed = [r for r, meta in enumerate(metas) if meta[0]]
-        if failed:
-            raise RuntimeError(f"PCMELoss(gather=True): rank(s) {failed} passed malformed noise "
-                               "(see the error raised there); every rank stops")
+        counts = exchange_status([local[0].shape[0], local[1].shape[0]], error,
+                                 collective_device(local[0].device), "PCMELoss(gather=True)", "noise")
         with torch.no_grad():
-            g_img, g_txt = gather_rows(local, [meta[1:] for meta in metas], rank)
+            g_img, g_txt = gather_rows(local, counts, rank)
         return g_img.view(-1, j, img.mean.shape[1]), g_txt.view(-1, j, txt.mean.shape[1])

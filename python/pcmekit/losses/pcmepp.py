@@ -1,7 +1,7 @@
 """The PCME++ loss (Chun, 2023): BCE on a closed-form sampled distance, VIB, pseudo-positives.
 
-DESIGN.md section 2 is the definition. With logits X = -scale * CSD(img, txt) + shift over the
-B_img x B_txt pairs, a match matrix M and BCE(X, Y) the mean over all pairs of BCE-with-logits,
+docs/design.md, "The losses", is the definition. With logits X = -scale * CSD(img, txt) + shift
+over the B_img x B_txt pairs, a match matrix M and BCE(X, Y) the mean over all pairs of BCE-with-logits,
 
     loss = BCE(X, M) + BCE(X^T, M^T)                                        ("bce")
          + vib_weight * (KL_img + KL_txt)                                    ("vib")
@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..embedding import ProbEmbedding
-from ..ops import pairwise_distance
+from ..ops.pairwise import pairwise_distance
 from ._distributed import compute_dtype, prepare_batch
 
 __all__ = ["PCMEPPLoss", "vib_kl", "drop_exploded_kl"]
@@ -185,7 +185,7 @@ class _PCMEPPObjective(torch.autograd.Function):
 
 
 class PCMEPPLoss(torch.nn.Module):
-    """The PCME++ objective over a batch of image and caption Gaussians (DESIGN.md section 2).
+    """The PCME++ objective over a batch of image and caption Gaussians (docs/design.md, "The losses").
 
     Args:
         init_scale: initial ``scale`` in ``logits = -scale * CSD + shift`` (must be > 0). Like

@@ -1,6 +1,7 @@
-"""Top-k retrieval over Gaussian embeddings."""
+"""Top-k retrieval over Gaussian embeddings: :func:`topk` and the gallery indexes."""
 
-from ._topk import topk
-from .index import GalleryIndex, ShardedIndex
+from ..ops.topk import topk
+from .index import GalleryIndex
+from .sharded import ShardedIndex
 
 __all__ = ["topk", "GalleryIndex", "ShardedIndex"]

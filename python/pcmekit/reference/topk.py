@@ -17,6 +17,9 @@ from typing import Any, Optional, Tuple
 
 import torch
 
+from .match_prob import match_logprob_fast
+from .pairwise import pairwise_distance_fast
+
 __all__ = ["topk_naive", "topk_chunked", "topk_scores"]
 
 
@@ -33,8 +36,6 @@ def topk_scores(
     ``match_kwargs`` (match_prob only): ``eps_q [Q, J, D]``, ``eps_g [N, J, D]``, ``scale``,
     ``shift`` and optionally ``squared``.
     """
-    from .reference import match_logprob_fast, pairwise_distance_fast
-
     if metric == "match_prob":
         assert q_logvar is not None and g_logvar is not None
         log_p, _ = match_logprob_fast(

@@ -1,6 +1,6 @@
-"""Pure-PyTorch implementations: the test oracle and the benchmark baseline.
+"""Pure-PyTorch pairwise distances: the test oracle and the benchmark baseline.
 
-Two forms of every pairwise metric (DESIGN.md section 2):
+Two forms of every pairwise metric (docs/design.md, "The metrics"):
 
 * ``pairwise_distance_naive`` broadcasts to ``[N, M, D]`` and sums: slow and memory-hungry, but a
   literal transcription of the formulas. Tests compare the kernels against it in float64.
@@ -111,20 +111,3 @@ def pcmepp_style_loss(distance: torch.Tensor, scale: float = 5.0, shift: float =
     logits = -scale * distance + shift
     target = torch.eye(distance.shape[0], distance.shape[1], dtype=distance.dtype, device=distance.device)
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-
-
-# The Monte-Carlo match probability and the PCME++ loss have their references in their own
-# modules (they build on the functions above); they are part of this namespace all the same.
-from .reference_loss import pcmepp_loss_reference  # noqa: E402
-from .reference_match import match_logprob_fast, match_logprob_naive, sample_gaussians  # noqa: E402
-from .reference_topk import topk_chunked, topk_naive, topk_scores  # noqa: E402
-
-__all__ += [
-    "match_logprob_fast",
-    "match_logprob_naive",
-    "pcmepp_loss_reference",
-    "sample_gaussians",
-    "topk_chunked",
-    "topk_naive",
-    "topk_scores",
-]
