@@ -33,7 +33,8 @@ from _helpers import METRICS, gaussians
 EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
 if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
     raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
-pytestmark = pytest.mark.skipif(not EMULATED, reason="needs the CUDA emulation build (make cuda-emu)")
+if not EMULATED:  # one skip for the module, not one per case
+    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
 
 METRIC_CODE = {m: i for i, m in enumerate(METRICS)}
 ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}

@@ -3,7 +3,7 @@
 Same skip logic as tests/test_cuda_emu.py: only the emulation build runs these, and with
 PCMEKIT_REQUIRE_CUEMU=1 a missing emulation build is an error.
 
-The matmul precision follows torch.get_float32_matmul_precision() (docs/cuda-tensor-cores.md):
+The matmul precision follows torch.get_float32_matmul_precision() (docs/design.md, "CUDA tensor cores and the matmul precision"):
   * 0 "highest": float32 keeps full float32 accuracy (the direct FP32 engine): the float32 bound
     of tests/test_cuda_emu.py, 2e-6 * sqrt(D) of max|ref|;
   * 1 "high", 2 "medium": TF32 tensor cores. Each operand is rounded to 11 significant bits
@@ -33,7 +33,8 @@ from _helpers import gaussians
 EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
 if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
     raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
-pytestmark = pytest.mark.skipif(not EMULATED, reason="needs the CUDA emulation build (make cuda-emu)")
+if not EMULATED:  # one skip for the module, not one per case
+    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
 
 METRIC_CODE = {"csd": 0, "w2": 1, "l2": 2, "kl": 3, "bhattacharyya": 4, "elk": 5}
 INNER = ["csd", "w2", "l2", "kl"]

@@ -511,7 +511,10 @@ def test_bench_optim_fused_row(monkeypatch):
     impls = [r["impl"] for r in rows]
     assert impls.count("pcmekit AdamP (fused)") == 2 and impls.count(bench_optim.COPY) == 2
     fused_row = rows[impls.index("pcmekit AdamP (fused)")]
-    assert "max rel. diff to adamp" in fused_row["notes"] and "GB/step" in fused_row["notes"]
+    # Bit-identical results on some machines (AVX-512 here), a tiny difference on others: either
+    # way the note says the row was checked against adamp.
+    notes = fused_row["notes"]
+    assert ("max rel. diff to adamp" in notes or "results identical to adamp" in notes) and "GB/step" in notes
     # weights: 10 arrays of 4 bytes per element (two passes); 1-D parameters: 7 (one pass)
     weights = 16 * 27 + 32 * 16 + 10 * 32
     assert bench_optim.fused_bytes(shapes) == 40 * weights + 28 * (16 + 16 + 32 + 10)

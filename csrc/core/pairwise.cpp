@@ -38,9 +38,8 @@ void check_metric(Metric metric) {
 void pairwise_forward(const PairwiseForwardParams& p) {
   check_metric(p.metric);
   const int precision = static_cast<int>(p.precision);
-  if (precision < 0 || precision > static_cast<int>(MatmulPrecision::Medium))
-    throw std::invalid_argument(concat("unknown matmul precision code ", precision,
-                                       " (0 = highest, 1 = high, 2 = medium)"));
+  PCMEKIT_CHECK(precision >= 0 && precision <= static_cast<int>(MatmulPrecision::Medium),
+                "unknown matmul precision code ", precision, " (0 = highest, 1 = high, 2 = medium)");
   check_inputs(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric);
   const MatrixView& a = p.a_mean;
   check_matrix(p.out, "out", a.rows, p.b_mean.rows, "[N, M]", detail::accumulate_dtype(a.dtype),

@@ -3,7 +3,7 @@
 // Forward:  out[i, j] = sum_d Term::value(a[i, d], b[j, d]) + Term::offset(D)
 // Backward: grad_a[i, d] = sum_j g[i, j] dTerm/da,   grad_b[j, d] = sum_i g[i, j] dTerm/db
 //
-// Both are the engine shape of DESIGN.md: (rows of one side) x (rows or dims) x (the summed axis),
+// Both are the engine shape of docs/design.md ("Architecture"): (rows of one side) x (rows or dims) x (the summed axis),
 // tiled through shared memory, with the metric as a compile-time functor from metrics.h, so the
 // arithmetic here is the code the CPU tests check.
 //

@@ -1,5 +1,5 @@
 // The tensor-core (wmma) forward engine of the pairwise distance op: csd, w2, l2 and kl in their
-// inner-product form. See pairwise_tc.cu and docs/cuda-tensor-cores.md.
+// inner-product form. See pairwise_tc.cu and docs/design.md, "CUDA tensor cores and the matmul precision".
 #pragma once
 
 #include "pcmekit/pairwise.h"

@@ -16,7 +16,7 @@
 // next overwrites the tile. Scoring and selection are not fused: each tile goes through memory
 // once (written, then read once, coalesced). Next to today's direct FP32 scoring kernels that
 // round trip is small; once scoring runs on tensor cores it costs about as much as the GEMM
-// (DESIGN.md section 5), and the selection belongs in the GEMM epilogue (faiss / cuVS style).
+// (docs/design.md, "Performance"), and the selection belongs in the GEMM epilogue (faiss / cuVS style).
 // Until then this keeps memory bounded and reuses the kernels the pairwise tests already check.
 //
 // Workspace (topk_workspace_bytes): C = min(N, kChunkCols) columns, and the largest number of

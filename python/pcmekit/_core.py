@@ -92,6 +92,20 @@ def dtype_code(dtype: torch.dtype) -> int:
     return _DTYPE_CODES[dtype]
 
 
+#: torch.get_float32_matmul_precision() -> the core's MatmulPrecision code (pcmekit/pairwise.h).
+MATMUL_PRECISION_CODES = {"highest": 0, "high": 1, "medium": 2}
+
+
+def matmul_precision_code() -> int:
+    """The core's code for torch's current float32 matmul precision.
+
+    "highest" (torch's default) keeps float32 distances on CUDA at full float32 accuracy; "high"
+    and "medium" let them run on TF32 tensor cores (docs/design.md, "CUDA tensor cores and the
+    matmul precision"). The CPU kernels ignore it.
+    """
+    return MATMUL_PRECISION_CODES[torch.get_float32_matmul_precision()]
+
+
 def stream_handle(device: torch.device) -> int:
     """The raw CUDA stream pcmekit must launch on (0 on the CPU)."""
     if device.type == "cuda":

@@ -12,7 +12,7 @@
 namespace pcmekit {
 
 // How float32 products may be computed on CUDA, torch.get_float32_matmul_precision()'s three
-// modes (docs/cuda-tensor-cores.md):
+// modes (docs/design.md, "CUDA tensor cores and the matmul precision"):
 //   Highest: full float32 accuracy (csd/w2/l2/kl on float32 stay on the direct FP32 engine);
 //   High, Medium: TF32 tensor cores allowed (10-bit mantissa operands, float accumulation).
 // 16-bit inputs use tensor cores in every mode where that is exact (csd, l2). The CPU ignores it.

@@ -32,7 +32,11 @@ def pairwise_into(
     b_logvar: Optional[torch.Tensor],
     metric: str,
 ) -> torch.Tensor:
-    """The forward kernel, writing the ``[N, M]`` distances into ``out`` (which it returns)."""
+    """The forward kernel, writing the ``[N, M]`` distances into ``out`` (which it returns).
+
+    On CUDA, float32 inputs follow ``torch.get_float32_matmul_precision()``: "highest" keeps full
+    float32 accuracy, "high"/"medium" allow TF32 tensor cores for csd, w2, l2 and kl.
+    """
     _core.pairwise_forward(
         METRICS.index(metric),
         matrix_view(a_mean),
@@ -42,6 +46,7 @@ def pairwise_into(
         matrix_view(out),
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return out
 

@@ -1,0 +1,47 @@
+"""The float32 matmul precision reaches the core (docs/design.md, "CUDA tensor cores and the
+matmul precision"); what each mode computes on CUDA is tested under the emulator
+(tests/test_cuda_emu_tc.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pcmekit
+from pcmekit import _core
+
+from _helpers import gaussians
+
+
+@pytest.fixture
+def restore_precision():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1), ("medium", 2)])
+def test_pairwise_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
+    seen = []
+    real = _core.pairwise_forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(_core, "pairwise_forward", spy)
+    torch.set_float32_matmul_precision(mode)
+    a_mu, a_lv = gaussians(5, 7, dtype=torch.float32)
+    d = pcmekit.pairwise_distance(a_mu, a_lv, a_mu, a_lv)
+    assert seen == [code]
+    # The CPU kernels ignore the mode: the same bits in every mode.
+    torch.set_float32_matmul_precision("highest")
+    assert torch.equal(d, pcmekit.pairwise_distance(a_mu, a_lv, a_mu, a_lv))
+
+
+def test_unknown_precision_code_is_refused():
+    a = torch.randn(3, 4)
+    out = torch.empty(3, 3)
+    v = _core.matrix_view
+    with pytest.raises(ValueError, match="unknown matmul precision code 7"):
+        _core.pairwise_forward(0, v(a), v(a), v(a), v(a), v(out), 1, 0, 7)
