@@ -1,0 +1,143 @@
+"""pcmekit.metrics.eccv_caption_eval against the eccv-caption package (0.1.0): the same rankings,
+built on the package's own shipped COCO ids, must give dicts that compare equal, value for value."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pcmekit import metrics
+
+KS = (1, 5, 10)
+
+
+@pytest.fixture(scope="module")
+def eccv():
+    with warnings.catch_warnings():
+        # eccv_caption warns at import when tqdm / ujson are missing; neither matters here.
+        warnings.simplefilter("ignore")
+        eccv_caption = pytest.importorskip("eccv_caption")
+        m = eccv_caption.Metrics()
+    return m
+
+
+def _ranking(rng, must, maybe, pool, k, spread):
+    """k distinct COCO ids: `must` and, with probability 0.7 each, `maybe` placed near the front
+    (exponential ranks), the rest random fillers from `pool`."""
+    chosen = list(dict.fromkeys([*must, *(p for p in maybe if rng.random() < 0.7)]))[:k]
+    taken = set(chosen)
+    fillers = []
+    while len(fillers) < k - len(chosen):
+        for item in pool[rng.integers(len(pool), size=k)].tolist():
+            if item not in taken and len(fillers) < k - len(chosen):
+                taken.add(item)
+                fillers.append(item)
+    ranks = np.minimum(rng.exponential(spread, size=len(chosen)).astype(np.int64), k - 1)
+    out = fillers
+    for r, item in sorted(zip(ranks.tolist(), chosen)):
+        out.insert(r, item)
+    return out[:k]
+
+
+@pytest.fixture(scope="module")
+def rankings(eccv):
+    rng = np.random.default_rng(15)
+    image_ids = np.array(sorted(eccv.coco_gts["i2t"]), dtype=np.int64)
+    caption_ids = [int(c) for c in eccv.coco_ids]
+    # Two ECCV positives (caption ids 144675, 467259) are not among the 25K test captions; they join
+    # the gallery so that they can be ranked.
+    named = {c for v in eccv.eccv_gts["i2t"].values() for c in v}
+    caption_ids = np.array(caption_ids + sorted(named - set(caption_ids)), dtype=np.int64)
+    cap_row = {int(c): j for j, c in enumerate(caption_ids)}
+    img_row = {int(i): j for j, i in enumerate(image_ids)}
+    k_i2t, k_t2i = 56, 24   # >= the largest ECCV R of each direction (48, 19)
+    i2t_ret, t2i_ret = {}, {}
+    for iid in image_ids.tolist():
+        coco = eccv.coco_gts["i2t"][iid]
+        i2t_ret[iid] = _ranking(rng, [], coco + eccv.eccv_gts["i2t"].get(iid, []), caption_ids, k_i2t, 6.0)
+    for cid in caption_ids.tolist():
+        coco = eccv.coco_gts["t2i"].get(cid, [])
+        t2i_ret[cid] = _ranking(rng, coco, eccv.eccv_gts["t2i"].get(cid, []) + eccv.cxc_gts["t2i"].get(cid, []),
+                                image_ids, k_t2i, 2.0)
+    i2t_rows = np.array([[cap_row[c] for c in i2t_ret[i]] for i in image_ids.tolist()])
+    t2i_rows = np.array([[img_row[i] for i in t2i_ret[c]] for c in caption_ids.tolist()])
+    return dict(image_ids=image_ids, caption_ids=caption_ids, i2t_ret=i2t_ret, t2i_ret=t2i_ret,
+                i2t_rows=i2t_rows, t2i_rows=t2i_rows)
+
+
+def _package(eccv, rk, targets, Ks=KS):
+    return eccv.compute_all_metrics(rk["i2t_ret"], rk["t2i_ret"], target_metrics=targets, Ks=Ks)
+
+
+def test_equals_eccv_caption_on_every_metric(eccv, rankings):
+    rk = rankings
+    ours = metrics.eccv_caption_eval(torch.from_numpy(rk["i2t_rows"]), rk["t2i_rows"], rk["image_ids"],
+                                     rk["caption_ids"], ks=KS)
+    everything = _package(eccv, rk, ["coco_1k_recalls", "coco_5k_recalls", "cxc_recalls", "eccv_r1",
+                                     "eccv_rprecision", "eccv_map_at_r"])
+    # The package computes eccv R@5 / R@10 only when mAP@R is not asked for.
+    eccv_recalls = _package(eccv, rk, ["eccv_recalls"])
+    expected = {**eccv_recalls, **everything}
+    assert set(ours) == set(expected)
+    assert ours == expected    # exact equality, not approx
+    for name, v in ours.items():
+        for side in ("i2t", "t2i"):
+            assert 0 < v[side] <= 1, (name, side, v[side])  # a non-trivial comparison
+            if name.endswith("_r1") or name in ("eccv_map_at_r", "eccv_rprecision"):
+                assert v[side] < 1, (name, side, v[side])
+        assert 0.05 < ours["eccv_map_at_r"][side] < 0.95 and 0.05 < ours["coco_5k_r1"][side] < 0.95
+    # The package's default target metrics: each of them equal.
+    default = eccv.compute_all_metrics(rk["i2t_ret"], rk["t2i_ret"])
+    assert default and all(ours[name] == default[name] for name in default)
+
+
+def test_topk_pair_and_other_ks(eccv, rankings):
+    rk = rankings
+    values = torch.zeros(rk["i2t_rows"].shape)
+    ours = metrics.eccv_caption_eval((values, torch.from_numpy(rk["i2t_rows"])), rk["t2i_rows"], rk["image_ids"],
+                                     rk["caption_ids"], ks=(2, 20))
+    ref = _package(eccv, rk, ["coco_1k_recalls", "coco_5k_recalls", "cxc_recalls", "eccv_recalls"], Ks=(2, 20))
+    assert {k: v for k, v in ours.items() if k in ref} == ref
+
+
+def test_pmrp_equals_eccv_caption_with_a_pm_folder(eccv, rankings, tmp_path):
+    # A hand-made Plausible Match ground truth in the package's file format: R from 1 to 300, so some
+    # exceed k (the package then divides by k, and so does eccv_caption_eval).
+    rk = rankings
+    rng = np.random.default_rng(3)
+    caps, imgs = rk["caption_ids"], rk["image_ids"]
+    pm_i2t = {str(int(i)): sorted(set(rk["i2t_ret"][int(i)][:3]) | set(rng.choice(caps, rng.integers(1, 300)).tolist()))
+              for i in rng.choice(imgs, 700, replace=False)}
+    pm_t2i = {str(int(c)): sorted(set(rk["t2i_ret"][int(c)][:2]) | set(rng.choice(imgs, rng.integers(1, 40)).tolist()))
+              for c in rng.choice(caps, 3000, replace=False)}
+    (tmp_path / "pm_image_to_caption.json").write_text(json.dumps({k: [int(x) for x in v] for k, v in pm_i2t.items()}))
+    (tmp_path / "pm_caption_to_image.json").write_text(json.dumps({k: [int(x) for x in v] for k, v in pm_t2i.items()}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import eccv_caption
+        pm = eccv_caption.Metrics(extra_file_dir=str(tmp_path))
+    ref = pm.compute_all_metrics(rk["i2t_ret"], rk["t2i_ret"], target_metrics=["pmrp"])
+    ours = metrics.eccv_caption_eval(rk["i2t_rows"], rk["t2i_rows"], imgs, caps, pm_dir=str(tmp_path))
+    assert ours["pmrp"] == {"i2t": ref["i2t"], "t2i": ref["t2i"]}
+    assert 0.01 < ours["pmrp"]["i2t"] < 0.99
+
+
+def test_errors(rankings):
+    rk = rankings
+    i2t, t2i, imgs, caps = rk["i2t_rows"], rk["t2i_rows"], rk["image_ids"], rk["caption_ids"]
+    with pytest.raises(ValueError, match="queries of the .* ground truth have no row"):
+        metrics.eccv_caption_eval(i2t, t2i, np.concatenate([[10**9], imgs[1:]]), caps)
+    with pytest.raises(ValueError, match="mAP@R needs k >= R"):
+        metrics.eccv_caption_eval(i2t[:, :20], t2i, imgs, caps)
+    with pytest.raises(ValueError, match="one row per image"):
+        metrics.eccv_caption_eval(i2t[:-1], t2i, imgs, caps)
+    with pytest.raises(ValueError, match="repeats COCO id"):
+        metrics.eccv_caption_eval(i2t, t2i, np.concatenate([imgs[:-1], imgs[:1]]), caps)
+    with pytest.raises(ValueError, match="holds gallery index"):
+        metrics.eccv_caption_eval(i2t + len(caps), t2i, imgs, caps)
+    with pytest.raises(FileNotFoundError, match="pm_image_to_caption.json"):
+        metrics.eccv_caption_eval(i2t, t2i, imgs, caps, pm_dir="/nonexistent")
