@@ -141,3 +141,28 @@ def test_errors(rankings):
         metrics.eccv_caption_eval(i2t + len(caps), t2i, imgs, caps)
     with pytest.raises(FileNotFoundError, match="pm_image_to_caption.json"):
         metrics.eccv_caption_eval(i2t, t2i, imgs, caps, pm_dir="/nonexistent")
+
+
+def test_ids_helper_and_a_topk_pipeline(eccv):
+    import pcmekit
+
+    image_ids, caption_ids = metrics.eccv_caption_ids()
+    assert len(image_ids) == 5000 and len(caption_ids) == 25000
+    assert caption_ids.tolist() == [int(c) for c in eccv.coco_ids]
+    assert set(image_ids.tolist()) == set(eccv.coco_gts["i2t"])
+    # Embeddings with a signal (each caption near its image), ranked by pcmekit.topk.
+    g = torch.Generator().manual_seed(0)
+    row = {int(i): j for j, i in enumerate(image_ids)}
+    img_mu = torch.randn(5000, 16, generator=g)
+    owner = torch.tensor([row[eccv.coco_gts["t2i"][int(c)][0]] for c in caption_ids])
+    cap_mu = img_mu[owner] + 0.4 * torch.randn(25000, 16, generator=g)
+    lv_i, lv_c = torch.full_like(img_mu, -3.0), torch.full_like(cap_mu, -3.0)
+    i2t = pcmekit.topk(img_mu, lv_i, cap_mu, lv_c, k=64)
+    t2i = pcmekit.topk(cap_mu, lv_c, img_mu, lv_i, k=64)
+    ours = metrics.eccv_caption_eval(i2t, t2i, image_ids, caption_ids)
+    i2t_ret = {int(i): caption_ids[r].tolist() for i, r in zip(image_ids, i2t[1].numpy())}
+    t2i_ret = {int(c): image_ids[r].tolist() for c, r in zip(caption_ids, t2i[1].numpy())}
+    ref = eccv.compute_all_metrics(i2t_ret, t2i_ret, target_metrics=[
+        "coco_1k_recalls", "coco_5k_recalls", "cxc_recalls", "eccv_r1", "eccv_rprecision", "eccv_map_at_r"])
+    assert {k: v for k, v in ours.items() if k in ref} == ref
+    assert ours["coco_5k_r1"]["t2i"] > 0.2

@@ -44,6 +44,7 @@ __all__ = [
     "Positives",
     "contiguous_folds",
     "eccv_caption_eval",
+    "eccv_caption_ids",
     "map_at_r",
     "n_fold_recalls",
     "pmrp",
@@ -687,6 +688,18 @@ def _rprecision_values(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
     n = np.minimum(r, k)
     hits = np.cumsum(rel, axis=1, dtype=np.int64)[np.arange(len(r)), n - 1]
     return 1 - (n - hits) / n
+
+
+def eccv_caption_ids() -> Tuple[np.ndarray, np.ndarray]:
+    """``(image_ids [5000], caption_ids [25000])``: the COCO 5K test ids the eccv-caption package
+    ships, captions in its ``coco_test_ids.npy`` order (the order its COCO 1K folds cut) and images
+    in the order their first caption appears there. Use them when features are stored in another
+    order only to map rows to ids; :func:`eccv_caption_eval` takes any order."""
+    folder = _eccv_caption_data_dir()
+    caption_ids = np.load(f"{folder}/coco_test_ids.npy").astype(np.int64)
+    t2i = _load_gt_pair(folder, "original")["t2i"]
+    image_ids = np.array(list(dict.fromkeys(t2i[int(c)][0] for c in caption_ids)), dtype=np.int64)
+    return image_ids, caption_ids
 
 
 def eccv_caption_eval(
