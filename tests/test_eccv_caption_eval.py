@@ -166,3 +166,70 @@ def test_ids_helper_and_a_topk_pipeline(eccv):
         "coco_1k_recalls", "coco_5k_recalls", "cxc_recalls", "eccv_r1", "eccv_rprecision", "eccv_map_at_r"])
     assert {k: v for k, v in ours.items() if k in ref} == ref
     assert ours["coco_5k_r1"]["t2i"] > 0.2
+
+
+# A hand-written COCO instances file: image i has captions 10 i and 10 i + 1.
+_INSTANCES = {"annotations": [
+    {"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 2}, {"image_id": 1, "category_id": 2},
+    {"image_id": 2, "category_id": 1}, {"image_id": 2, "category_id": 2},
+    {"image_id": 3, "category_id": 1},
+    {"image_id": 4, "category_id": 3},
+    {"image_id": 6, "category_id": 1}, {"image_id": 6, "category_id": 2}, {"image_id": 6, "category_id": 90},
+    {"image_id": 7, "category_id": 5},          # not among the images: ignored
+]}
+_I2C = {i: [10 * i, 10 * i + 1] for i in range(1, 7)}   # image 5 has no annotation
+
+
+def test_coco_category_codes():
+    codes = metrics.coco_category_codes(_INSTANCES, [6, 5, 1])
+    assert codes.shape == (3, 90) and codes.dtype == np.uint8
+    assert np.flatnonzero(codes[0]).tolist() == [0, 1, 89]
+    assert not codes[1].any()
+    assert np.flatnonzero(codes[2]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="outside COCO's 1..90"):
+        metrics.coco_category_codes({"annotations": [{"image_id": 1, "category_id": 91}]}, [1])
+    with pytest.raises(ValueError, match="'annotations' list"):
+        metrics.coco_category_codes({"images": []}, [1])
+
+
+def test_coco_plausible_matches_by_hand(tmp_path):
+    i2t, t2i = metrics.coco_plausible_matches(_INSTANCES, _I2C, 0)
+    assert i2t == {1: [10, 11, 20, 21], 2: [10, 11, 20, 21], 3: [30, 31], 4: [40, 41], 6: [60, 61]}
+    assert t2i[10] == t2i[21] == [1, 2] and t2i[30] == [3] and 50 not in t2i
+    # Hamming distance <= 1: codes 1 = 2 = {1, 2}, 3 = {1}, 4 = {3}, 6 = {1, 2, 90}
+    i2t, t2i = metrics.coco_plausible_matches(_INSTANCES, _I2C, 1)
+    assert i2t[1] == [10, 11, 20, 21, 30, 31, 60, 61] and i2t[3] == [10, 11, 20, 21, 30, 31]
+    assert i2t[4] == [40, 41] and i2t[6] == [10, 11, 20, 21, 60, 61]
+    assert t2i[10] == [1, 2, 3, 6] and t2i[61] == [1, 2, 6]
+    i2t, t2i = metrics.coco_plausible_matches(_INSTANCES, _I2C, 0, omit_original=True)
+    assert i2t == {1: [20, 21], 2: [10, 11]} and t2i == {10: [2], 11: [2], 20: [1], 21: [1]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(_INSTANCES))
+    assert metrics.coco_plausible_matches(str(path), _I2C, 1) == metrics.coco_plausible_matches(_INSTANCES, _I2C, 1)
+    with pytest.raises(ValueError, match="threshold must be an int"):
+        metrics.coco_plausible_matches(_INSTANCES, _I2C, -1)
+
+
+def test_built_pm_ground_truth_equals_eccv_caption(eccv, rankings, tmp_path):
+    # Synthetic instances for the 5K test images (2 or 3 of 12 categories each: about 17 plausible
+    # images and 87 captions per query, more than k for i2t), through the builder,
+    # evaluated by eccv_caption_eval (pm_gt=) and by the package (its pm_*.json files).
+    rk = rankings
+    rng = np.random.default_rng(7)
+    anns = [{"image_id": int(i), "category_id": int(c)} for i in rk["image_ids"]
+            for c in rng.choice(np.arange(1, 13), rng.integers(2, 4), replace=False)]
+    i2t, t2i = metrics.coco_plausible_matches({"annotations": anns}, eccv.coco_gts["i2t"], 0)
+    (tmp_path / "pm_image_to_caption.json").write_text(json.dumps(i2t))
+    (tmp_path / "pm_caption_to_image.json").write_text(json.dumps(t2i))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import eccv_caption
+        pm = eccv_caption.Metrics(extra_file_dir=str(tmp_path))
+    ref = pm.compute_all_metrics(rk["i2t_ret"], rk["t2i_ret"], target_metrics=["pmrp"])
+    ours = metrics.eccv_caption_eval(rk["i2t_rows"], rk["t2i_rows"], rk["image_ids"], rk["caption_ids"],
+                                     pm_gt=(i2t, t2i))
+    assert ours["pmrp"] == {"i2t": ref["i2t"], "t2i": ref["t2i"]}
+    assert 0 < ours["pmrp"]["t2i"] < 1
+    with pytest.raises(ValueError, match="not both"):
+        metrics.eccv_caption_eval(rk["i2t_rows"], rk["t2i_rows"], rk["image_ids"], rk["caption_ids"],
+                                  pm_gt=(i2t, t2i), pm_dir=str(tmp_path))

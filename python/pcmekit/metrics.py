@@ -42,6 +42,8 @@ import torch
 
 __all__ = [
     "Positives",
+    "coco_category_codes",
+    "coco_plausible_matches",
     "contiguous_folds",
     "eccv_caption_eval",
     "eccv_caption_ids",
@@ -690,6 +692,76 @@ def _rprecision_values(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
     return 1 - (n - hits) / n
 
 
+COCO_NUM_CATEGORY_IDS = 90   # COCO's category ids run 1..90 (80 of them used)
+
+
+def coco_category_codes(instances: Union[str, Mapping[str, Any]], image_ids: ArrayLike) -> np.ndarray:
+    """``[N, 90]`` uint8 multi-hot codes: bit ``category_id - 1`` is set when the image has an
+    instance of that category, from a COCO instances annotation (the dict of
+    ``instances_val2014.json``, or its path; the user's file, nothing is downloaded). Rows follow
+    ``image_ids``; an image without annotations gets an all-zero code. These are the label codes
+    of :func:`pmrp` (PCME's PMRP) and of ECCV Caption's Plausible Matches."""
+    if isinstance(instances, str):
+        import json
+
+        with open(instances) as f:
+            instances = json.load(f)
+    if not isinstance(instances, Mapping) or "annotations" not in instances:
+        raise ValueError("instances must be a COCO instances annotation: a dict with an 'annotations' list")
+    ids = _as_ids(image_ids, "image_ids")
+    row = {int(i): r for r, i in enumerate(ids.tolist())}
+    codes = np.zeros((len(ids), COCO_NUM_CATEGORY_IDS), dtype=np.uint8)
+    for ann in instances["annotations"]:
+        r = row.get(int(ann["image_id"]))
+        if r is None:
+            continue
+        c = int(ann["category_id"])
+        if not 1 <= c <= COCO_NUM_CATEGORY_IDS:
+            raise ValueError(f"category_id {c} of image {int(ann['image_id'])} is outside COCO's 1..90")
+        codes[r, c - 1] = 1
+    return codes
+
+
+def coco_plausible_matches(
+    instances: Union[str, Mapping[str, Any]],
+    image_to_captions: Mapping[int, Sequence[int]],
+    threshold: int = 0,
+    *,
+    omit_original: bool = False,
+) -> Tuple[Dict[int, List[int]], Dict[int, List[int]]]:
+    """ECCV Caption's Plausible Match ground truth from COCO instance annotations:
+    ``(i2t {image id: [caption ids]}, t2i {caption id: [image ids]})``.
+
+    Two images match plausibly when the Hamming distance of their :func:`coco_category_codes` is
+    at most ``threshold``. Only images of ``image_to_captions`` with at least one instance
+    annotation take part (as in ECCV Caption's ``plausible_matching_func.py``). An image's
+    positives are the captions of its plausible images; each of its captions gets those images.
+    ``omit_original`` leaves the image itself out of its own plausible set; queries left with no
+    positive are dropped (a metric over no positive is undefined). Pass the result to
+    :func:`eccv_caption_eval` as ``pm_gt``, or write each dict with ``json.dump`` as
+    ``pm_image_to_caption.json`` / ``pm_caption_to_image.json``.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 0:
+        raise ValueError(f"threshold must be an int >= 0, got {threshold!r}")
+    candidates = np.array(list(image_to_captions), dtype=np.int64)
+    codes = coco_category_codes(instances, candidates)
+    has = codes.any(axis=1)
+    ids, codes = candidates[has], codes[has].astype(np.int64)
+    ones = codes.sum(axis=1)
+    ham = ones[:, None] + ones[None, :] - 2 * (codes @ codes.T)
+    i2t: Dict[int, List[int]] = {}
+    t2i: Dict[int, List[int]] = {}
+    for r, iid in enumerate(ids.tolist()):
+        pm = [int(j) for j in ids[ham[r] <= threshold].tolist() if not (omit_original and j == iid)]
+        if not pm:
+            continue
+        i2t[iid] = sorted({int(c) for j in pm for c in image_to_captions[j]})
+        for c in image_to_captions[iid]:
+            t2i.setdefault(int(c), [])
+            t2i[int(c)] = sorted(set(t2i[int(c)]) | set(pm))
+    return i2t, t2i
+
+
 def eccv_caption_ids() -> Tuple[np.ndarray, np.ndarray]:
     """``(image_ids [5000], caption_ids [25000])``: the COCO 5K test ids the eccv-caption package
     ships, captions in its ``coco_test_ids.npy`` order (the order its COCO 1K folds cut) and images
@@ -710,6 +782,7 @@ def eccv_caption_eval(
     *,
     ks: Sequence[int] = (1, 5, 10),
     pm_dir: Optional[str] = None,
+    pm_gt: Optional[Tuple[Mapping[int, Sequence[int]], Mapping[int, Sequence[int]]]] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Every COCO-test retrieval metric of the eccv-caption package, from top-k index matrices.
 
@@ -733,6 +806,10 @@ def eccv_caption_eval(
         ks: the K of every R@K.
         pm_dir: a folder with ``pm_image_to_caption.json`` and ``pm_caption_to_image.json`` (ECCV
             Caption's Plausible Match ground truth, downloaded separately); adds ``"pmrp"``.
+        pm_gt: instead of ``pm_dir``, the Plausible Match ground truth as ``(i2t, t2i)`` dicts
+            ``{image id: [caption ids]}``, ``{caption id: [image ids]}`` (as
+            :func:`coco_plausible_matches` builds them); queries are averaged in dict order, the
+            order the package reads its files in.
 
     Returns:
         ``{name: {"i2t": value, "t2i": value}}`` with names ``coco_1k_r{K}``, ``coco_5k_r{K}``,
@@ -758,8 +835,15 @@ def eccv_caption_eval(
         raise ValueError(f"t2i_topk has {t2i.ids.shape[0]} rows but caption_ids has {len(cap)} ids; one row per caption")
     folder = _eccv_caption_data_dir()
     gts = {name: _load_gt_pair(folder, name) for name in _ECCV_SHIPPED}
+    if pm_dir is not None and pm_gt is not None:
+        raise ValueError("eccv_caption_eval: give pm_dir or pm_gt, not both")
     if pm_dir is not None:
         gts[_ECCV_PM] = _load_gt_pair(pm_dir, _ECCV_PM)
+    elif pm_gt is not None:
+        if not (isinstance(pm_gt, tuple) and len(pm_gt) == 2 and all(isinstance(g, Mapping) for g in pm_gt)):
+            raise TypeError("eccv_caption_eval: pm_gt must be a pair of dicts (i2t, t2i)")
+        gts[_ECCV_PM] = {side: {int(q): [int(x) for x in v] for q, v in g.items()}
+                         for side, g in zip(("i2t", "t2i"), pm_gt)}
     sides = (("i2t", i2t), ("t2i", t2i))
     out: Dict[str, Dict[str, float]] = {}
 
@@ -820,7 +904,7 @@ def eccv_caption_eval(
                 rps[side] = float(np.mean(_rprecision_values(rel, r)))
             out["eccv_map_at_r"] = maps
             out["eccv_rprecision"] = rps
-    if pm_dir is not None:
+    if _ECCV_PM in gts:
         rels = per_gt(_ECCV_PM, "Plausible Match")
         out["pmrp"] = {side: float(np.mean(_rprecision_values(rel, r))) for side, (rel, r) in rels.items()}
     return out
