@@ -7,7 +7,7 @@ CUDA.
 
 from __future__ import annotations
 
-from . import losses, ops, reference, retrieval
+from . import losses, ops, reference, retrieval, zeroshot
 from ._core import build_info, cuda_available, get_num_threads, set_num_threads
 from .embedding import ProbEmbedding
 from .losses import distance_bce_with_logits, pairwise_bce_loss
@@ -31,5 +31,6 @@ __all__ = [
     "retrieval",
     "set_num_threads",
     "topk",
+    "zeroshot",
     "__version__",
 ]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["ProbEmbedding"]
+__all__ = ["CONVENTIONS", "ProbEmbedding"]
+
+# Checkpoint conventions (docs/design.md, "Checkpoint conventions"): the default output keys of
+# each codebase and what its variance field holds.
+#   name: (mean key, variance key, what the variance key holds)
+CONVENTIONS: Dict[str, Tuple[str, str, str]] = {
+    "pcme": ("embedding", "logsigma", "log_sigma"),
+    "pcmepp": ("mean", "std", "log_var"),
+    "prolip": ("mean", "std", "log_var"),
+}
 
 
 class ProbEmbedding:
@@ -86,6 +95,63 @@ class ProbEmbedding:
     def uncertainty(self) -> torch.Tensor:
         """Per-embedding scalar uncertainty: the mean variance over D, ``[N]``."""
         return self.logvar.exp().mean(dim=1)
+
+    @classmethod
+    def from_output(
+        cls,
+        output: Mapping[str, Any],
+        convention: str,
+        *,
+        mean_key: Optional[str] = None,
+        var_key: Optional[str] = None,
+    ) -> "ProbEmbedding":
+        """Wrap a model's output dict, converting its variance field to pcmekit's log sigma^2.
+
+        ``convention`` names the codebase that produced ``output`` (docs/design.md,
+        "Checkpoint conventions"):
+
+        ========== ============ =========== ================================ =====================
+        convention mean key     var key     the var key holds                converted with
+        ========== ============ =========== ================================ =====================
+        ``pcme``   "embedding"  "logsigma"  log sigma (PCME v1)              ``logvar = 2 * value``
+        ``pcmepp`` "mean"       "std"       log sigma^2, despite its name    ``logvar = value``
+        ``prolip`` "mean"       "std"       log sigma^2, despite its name    ``logvar = value``
+        ========== ============ =========== ================================ =====================
+
+        ``mean_key`` / ``var_key`` override the keys (PCME v1's model-level dict, for example,
+        says ``"image_features"`` and ``"image_logsigma"``). The tensors are taken as they are
+        (no normalisation, no copy unless the conversion needs one); they must be ``[N, D]``: a
+        PCME v1 output of sampled embeddings ``[N, J, D]`` is rejected.
+
+        Raises:
+            ValueError: unknown ``convention``, or a key missing from ``output`` (the message
+                names the key and the keys that are present).
+        """
+        if not isinstance(convention, str) or convention not in CONVENTIONS:
+            raise ValueError(f"ProbEmbedding.from_output: unknown convention {convention!r}; "
+                             f"expected one of {sorted(CONVENTIONS)}")
+        if not isinstance(output, Mapping):
+            raise TypeError(f"ProbEmbedding.from_output: output must be a dict of tensors, "
+                            f"got {type(output).__name__}")
+        default_mean, default_var, holds = CONVENTIONS[convention]
+        keys = (mean_key or default_mean, var_key or default_var)
+        for key in keys:
+            if key not in output:
+                raise ValueError(
+                    f"ProbEmbedding.from_output(convention={convention!r}): output has no key {key!r} "
+                    f"(present: {sorted(map(str, output))}); pass mean_key= / var_key= if the model "
+                    "names its fields differently")
+        mean, value = output[keys[0]], output[keys[1]]
+        for key, t in zip(keys, (mean, value)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"ProbEmbedding.from_output: output[{key!r}] must be a torch.Tensor, "
+                                f"got {type(t).__name__}")
+            if t.dim() != 2:
+                raise ValueError(f"ProbEmbedding.from_output: output[{key!r}] must have shape [N, D], "
+                                 f"got {list(t.shape)} (sampled embeddings [N, J, D] are not a Gaussian's "
+                                 "parameters)")
+        logvar = 2.0 * value if holds == "log_sigma" else value
+        return cls(mean, logvar)
 
     @staticmethod
     def cat(embeddings: "list[ProbEmbedding]") -> "ProbEmbedding":

@@ -42,7 +42,11 @@ import torch
 
 __all__ = [
     "Positives",
+    "coco_category_codes",
+    "coco_plausible_matches",
     "contiguous_folds",
+    "eccv_caption_eval",
+    "eccv_caption_ids",
     "map_at_r",
     "n_fold_recalls",
     "pmrp",
@@ -575,3 +579,332 @@ def uncertainty_analysis(uncertainty: ArrayLike, values: ArrayLike, n_bins: int 
         "spearman": spearman(np.arange(n_bins), bin_v),
         "spearman_queries": spearman(u, v),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# ECCV Caption, CxC and COCO 1K / 5K in one call (the eccv-caption package's ground truth)
+# --------------------------------------------------------------------------------------------
+
+# The ground truths eccv-caption ships (data/<name>_image_to_caption.json, _caption_to_image.json)
+# and the one it reads from a folder the user downloads (Plausible Matches, > 140 MB).
+_ECCV_SHIPPED = ("original", "cxc", "eccv")
+_ECCV_PM = "pm"
+
+
+def _eccv_caption_data_dir() -> str:
+    """The folder of the installed eccv-caption package's ground-truth files (not imported:
+    its import warns when tqdm / ujson are missing)."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("eccv_caption")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("eccv_caption_eval needs the eccv-caption package (pure Python, ships the COCO 5K "
+                          "ids and the ECCV Caption / CxC positives): pip install eccv-caption==0.1.0")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def _load_gt_pair(folder: str, name: str) -> Dict[str, Dict[int, List[int]]]:
+    """``{"i2t": {image id: [caption ids]}, "t2i": {caption id: [image ids]}}`` in file order
+    (the order the package averages in)."""
+    import json
+    import os
+
+    out: Dict[str, Dict[int, List[int]]] = {}
+    for side, stem in (("i2t", "image_to_caption"), ("t2i", "caption_to_image")):
+        path = os.path.join(folder, f"{name}_{stem}.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"eccv_caption_eval: ground-truth file {path} not found")
+        with open(path) as f:
+            raw = json.load(f)
+        out[side] = {int(k): [int(x) for x in v] for k, v in raw.items()}
+    return out
+
+
+def _ranked_ids(topk: Any, ids: np.ndarray, num_gallery: int, name: str) -> np.ndarray:
+    """``[Q, k]`` gallery ids of a top-k index matrix (or a ``(values, indices)`` pair)."""
+    if isinstance(topk, tuple) and len(topk) == 2:
+        topk = topk[1]
+    rows = _as_indices(topk, num_gallery, name)
+    return ids[rows]
+
+
+def _as_ids(ids: ArrayLike, name: str) -> np.ndarray:
+    arr = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a 1-D sequence of int COCO ids, got shape {list(arr.shape)} "
+                         f"and dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{name} repeats COCO id {int(uniq[counts > 1][0])}; every row needs its own id")
+    return arr
+
+
+class _Ranked:
+    """Ranked gallery ids of one direction, looked up by query id."""
+
+    def __init__(self, ranked_ids: np.ndarray, query_ids: np.ndarray, what: str) -> None:
+        self.ids = ranked_ids
+        self.what = what
+        self._order = np.argsort(query_ids, kind="stable")
+        self._sorted = query_ids[self._order]
+
+    def rows(self, queries: np.ndarray, gt_name: str) -> np.ndarray:
+        pos = np.searchsorted(self._sorted, queries)
+        pos = np.minimum(pos, max(len(self._sorted) - 1, 0))
+        found = self._sorted[pos] == queries if len(self._sorted) else np.zeros(len(queries), dtype=bool)
+        if not found.all():
+            missing = queries[~found]
+            raise ValueError(
+                f"eccv_caption_eval: {len(missing)} {self.what} queries of the {gt_name} ground truth have no "
+                f"row (first: COCO id {int(missing[0])}); the rankings must cover every query it evaluates "
+                "(all 5K test images and 25K captions)")
+        return self._order[pos]
+
+
+def _gt_relevance(ranked: np.ndarray, gt: Sequence[Sequence[int]]) -> np.ndarray:
+    """``[Q, k]`` bool: whether ranked[q, r] is among gt[q] (both COCO ids)."""
+    counts = np.fromiter((len(g) for g in gt), dtype=np.int64, count=len(gt))
+    items = np.fromiter((x for g in gt for x in g), dtype=np.int64, count=int(counts.sum()))
+    qid = np.repeat(np.arange(len(gt), dtype=np.int64), counts)
+    span = int(max(ranked.max(initial=-1), items.max(initial=-1))) + 1
+    keys = np.unique(qid * span + items)
+    probe = np.arange(len(gt), dtype=np.int64)[:, None] * span + ranked
+    if not len(keys):
+        return np.zeros(probe.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+    return keys[pos] == probe
+
+
+def _recall_values(rel: np.ndarray, K: int, what: str, gt_name: str) -> float:
+    if K == 1 and rel.shape[1] == 0:
+        raise ValueError(f"eccv_caption_eval: {gt_name} {what} R@1 needs at least one ranked item per query")
+    # The mean of per-query 0/1 values: an integer count over Q, as np.mean of the package's list.
+    return float(np.mean(rel[:, :K].any(axis=1).astype(np.int64)))
+
+
+def _rprecision_values(rel: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per-query R-Precision as the package computes it: 1 - |top R - gt| / |top R|."""
+    k = rel.shape[1]
+    n = np.minimum(r, k)
+    hits = np.cumsum(rel, axis=1, dtype=np.int64)[np.arange(len(r)), n - 1]
+    return 1 - (n - hits) / n
+
+
+COCO_NUM_CATEGORY_IDS = 90   # COCO's category ids run 1..90 (80 of them used)
+
+
+def coco_category_codes(instances: Union[str, Mapping[str, Any]], image_ids: ArrayLike) -> np.ndarray:
+    """``[N, 90]`` uint8 multi-hot codes: bit ``category_id - 1`` is set when the image has an
+    instance of that category, from a COCO instances annotation (the dict of
+    ``instances_val2014.json``, or its path; the user's file, nothing is downloaded). Rows follow
+    ``image_ids``; an image without annotations gets an all-zero code. These are the label codes
+    of :func:`pmrp` (PCME's PMRP) and of ECCV Caption's Plausible Matches."""
+    if isinstance(instances, str):
+        import json
+
+        with open(instances) as f:
+            instances = json.load(f)
+    if not isinstance(instances, Mapping) or "annotations" not in instances:
+        raise ValueError("instances must be a COCO instances annotation: a dict with an 'annotations' list")
+    ids = _as_ids(image_ids, "image_ids")
+    row = {int(i): r for r, i in enumerate(ids.tolist())}
+    codes = np.zeros((len(ids), COCO_NUM_CATEGORY_IDS), dtype=np.uint8)
+    for ann in instances["annotations"]:
+        r = row.get(int(ann["image_id"]))
+        if r is None:
+            continue
+        c = int(ann["category_id"])
+        if not 1 <= c <= COCO_NUM_CATEGORY_IDS:
+            raise ValueError(f"category_id {c} of image {int(ann['image_id'])} is outside COCO's 1..90")
+        codes[r, c - 1] = 1
+    return codes
+
+
+def coco_plausible_matches(
+    instances: Union[str, Mapping[str, Any]],
+    image_to_captions: Mapping[int, Sequence[int]],
+    threshold: int = 0,
+    *,
+    omit_original: bool = False,
+) -> Tuple[Dict[int, List[int]], Dict[int, List[int]]]:
+    """ECCV Caption's Plausible Match ground truth from COCO instance annotations:
+    ``(i2t {image id: [caption ids]}, t2i {caption id: [image ids]})``.
+
+    Two images match plausibly when the Hamming distance of their :func:`coco_category_codes` is
+    at most ``threshold``. Only images of ``image_to_captions`` with at least one instance
+    annotation take part (as in ECCV Caption's ``plausible_matching_func.py``). An image's
+    positives are the captions of its plausible images; each of its captions gets those images.
+    ``omit_original`` leaves the image itself out of its own plausible set; queries left with no
+    positive are dropped (a metric over no positive is undefined). Pass the result to
+    :func:`eccv_caption_eval` as ``pm_gt``, or write each dict with ``json.dump`` as
+    ``pm_image_to_caption.json`` / ``pm_caption_to_image.json``.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or threshold < 0:
+        raise ValueError(f"threshold must be an int >= 0, got {threshold!r}")
+    candidates = np.array(list(image_to_captions), dtype=np.int64)
+    codes = coco_category_codes(instances, candidates)
+    has = codes.any(axis=1)
+    ids, codes = candidates[has], codes[has].astype(np.int64)
+    ones = codes.sum(axis=1)
+    ham = ones[:, None] + ones[None, :] - 2 * (codes @ codes.T)
+    i2t: Dict[int, List[int]] = {}
+    t2i: Dict[int, List[int]] = {}
+    for r, iid in enumerate(ids.tolist()):
+        pm = [int(j) for j in ids[ham[r] <= threshold].tolist() if not (omit_original and j == iid)]
+        if not pm:
+            continue
+        i2t[iid] = sorted({int(c) for j in pm for c in image_to_captions[j]})
+        for c in image_to_captions[iid]:
+            t2i.setdefault(int(c), [])
+            t2i[int(c)] = sorted(set(t2i[int(c)]) | set(pm))
+    return i2t, t2i
+
+
+def eccv_caption_ids() -> Tuple[np.ndarray, np.ndarray]:
+    """``(image_ids [5000], caption_ids [25000])``: the COCO 5K test ids the eccv-caption package
+    ships, captions in its ``coco_test_ids.npy`` order (the order its COCO 1K folds cut) and images
+    in the order their first caption appears there. Use them when features are stored in another
+    order only to map rows to ids; :func:`eccv_caption_eval` takes any order."""
+    folder = _eccv_caption_data_dir()
+    caption_ids = np.load(f"{folder}/coco_test_ids.npy").astype(np.int64)
+    t2i = _load_gt_pair(folder, "original")["t2i"]
+    image_ids = np.array(list(dict.fromkeys(t2i[int(c)][0] for c in caption_ids)), dtype=np.int64)
+    return image_ids, caption_ids
+
+
+def eccv_caption_eval(
+    i2t_topk: Any,
+    t2i_topk: Any,
+    image_ids: ArrayLike,
+    caption_ids: ArrayLike,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    pm_dir: Optional[str] = None,
+    pm_gt: Optional[Tuple[Mapping[int, Sequence[int]], Mapping[int, Sequence[int]]]] = None,
+) -> Dict[str, Dict[str, float]]:
+    """Every COCO-test retrieval metric of the eccv-caption package, from top-k index matrices.
+
+    Maps the rows and entries of ``i2t_topk`` / ``t2i_topk`` to COCO ids and evaluates them on each
+    ground truth the package supports: COCO's original captions (5K and the 5-fold 1K), CxC, ECCV
+    Caption, and Plausible Matches when ``pm_dir`` holds its files. The numbers **equal**
+    ``eccv_caption.Metrics().compute_all_metrics`` on the same rankings (the same per-query values
+    averaged in the same order; tests/test_eccv_caption_eval.py checks the dicts for equality), so
+    they are **fractions** in [0, 1] like the package's, not the percentages of the rest of this
+    module.
+
+    Args:
+        i2t_topk: ``[N_img, k]`` caption rows ranked for each image (row i is the image
+            ``image_ids[i]``), as :func:`pcmekit.topk` returns them (its ``(values, indices)``
+            pair is accepted too).
+        t2i_topk: ``[N_cap, k']`` image rows ranked for each caption (row j is ``caption_ids[j]``).
+        image_ids: ``[N_img]`` COCO image ids, distinct.
+        caption_ids: ``[N_cap]`` COCO caption ids, distinct. Two ECCV Caption positives (caption
+            ids 144675 and 467259) are not among the 25K test captions; without them in the gallery
+            they count as positives that are never retrieved, exactly as in the package.
+        ks: the K of every R@K.
+        pm_dir: a folder with ``pm_image_to_caption.json`` and ``pm_caption_to_image.json`` (ECCV
+            Caption's Plausible Match ground truth, downloaded separately); adds ``"pmrp"``.
+        pm_gt: instead of ``pm_dir``, the Plausible Match ground truth as ``(i2t, t2i)`` dicts
+            ``{image id: [caption ids]}``, ``{caption id: [image ids]}`` (as
+            :func:`coco_plausible_matches` builds them); queries are averaged in dict order, the
+            order the package reads its files in.
+
+    Returns:
+        ``{name: {"i2t": value, "t2i": value}}`` with names ``coco_1k_r{K}``, ``coco_5k_r{K}``,
+        ``cxc_r{K}``, ``eccv_r{K}`` for each K, ``eccv_map_at_r``, ``eccv_rprecision`` and, with
+        ``pm_dir``, ``pmrp``. ``compute_all_metrics`` gives each of them (``eccv_r5`` / ``eccv_r10``
+        only when asked for ``eccv_recalls`` without ``eccv_map_at_r``; ``pmrp`` as its top-level
+        ``"i2t"`` / ``"t2i"`` keys).
+
+    The package's own rules hold on short lists: R@K scores a list shorter than K over what it
+    has, COCO 1K drops other folds' items before taking the top K (R@1 needs one item of the
+    query's fold), and R-Precision divides by ``min(R, k)``. mAP@R needs k >= R for every ECCV
+    query (at most 48 for i2t, 19 for t2i): a ValueError says which. Every query of a ground truth
+    needs a row.
+    """
+    img = _as_ids(image_ids, "image_ids")
+    cap = _as_ids(caption_ids, "caption_ids")
+    ks = _check_ks(ks, None, None)
+    i2t = _Ranked(_ranked_ids(i2t_topk, cap, len(cap), "i2t_topk"), img, "image")
+    t2i = _Ranked(_ranked_ids(t2i_topk, img, len(img), "t2i_topk"), cap, "caption")
+    if i2t.ids.shape[0] != len(img):
+        raise ValueError(f"i2t_topk has {i2t.ids.shape[0]} rows but image_ids has {len(img)} ids; one row per image")
+    if t2i.ids.shape[0] != len(cap):
+        raise ValueError(f"t2i_topk has {t2i.ids.shape[0]} rows but caption_ids has {len(cap)} ids; one row per caption")
+    folder = _eccv_caption_data_dir()
+    gts = {name: _load_gt_pair(folder, name) for name in _ECCV_SHIPPED}
+    if pm_dir is not None and pm_gt is not None:
+        raise ValueError("eccv_caption_eval: give pm_dir or pm_gt, not both")
+    if pm_dir is not None:
+        gts[_ECCV_PM] = _load_gt_pair(pm_dir, _ECCV_PM)
+    elif pm_gt is not None:
+        if not (isinstance(pm_gt, tuple) and len(pm_gt) == 2 and all(isinstance(g, Mapping) for g in pm_gt)):
+            raise TypeError("eccv_caption_eval: pm_gt must be a pair of dicts (i2t, t2i)")
+        gts[_ECCV_PM] = {side: {int(q): [int(x) for x in v] for q, v in g.items()}
+                         for side, g in zip(("i2t", "t2i"), pm_gt)}
+    sides = (("i2t", i2t), ("t2i", t2i))
+    out: Dict[str, Dict[str, float]] = {}
+
+    def per_gt(name: str, label: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        res = {}
+        for side, ranked in sides:
+            gt = gts[name][side]
+            queries = np.fromiter(gt.keys(), dtype=np.int64, count=len(gt))
+            ids = ranked.ids[ranked.rows(queries, label)]
+            lists = [sorted(set(v)) for v in gt.values()]
+            res[side] = (_gt_relevance(ids, lists), np.array([len(v) for v in lists], dtype=np.int64))
+        return res
+
+    # COCO 1K: fold f holds the captions coco_ids[f * N/5 : (f + 1) * N/5] in the package's test
+    # order and the images of those captions (their first ground-truth image).
+    coco_ids = np.load(f"{folder}/coco_test_ids.npy").astype(np.int64)
+    coco = gts["original"]
+    n_fold = len(coco_ids) // 5
+    fold_recalls: Dict[str, Dict[int, List[float]]] = {"i2t": {K: [] for K in ks}, "t2i": {K: [] for K in ks}}
+    for f in range(5):
+        fold_caps = coco_ids[f * n_fold:(f + 1) * n_fold]
+        fold_imgs = list(dict.fromkeys(coco["t2i"][int(c)][0] for c in fold_caps))
+        for side, ranked, queries, members in (("i2t", i2t, np.array(fold_imgs, dtype=np.int64), fold_caps),
+                                               ("t2i", t2i, fold_caps, np.array(fold_imgs, dtype=np.int64))):
+            ids = ranked.ids[ranked.rows(queries, "COCO 1K")]
+            in_fold = np.isin(ids, members)
+            rank = np.cumsum(in_fold, axis=1) - 1
+            rel = _gt_relevance(ids, [coco[side][int(q)] for q in queries]) & in_fold
+            for K in ks:
+                if K == 1 and not in_fold.any(axis=1).all():
+                    q = int(queries[int(np.argmin(in_fold.any(axis=1)))])
+                    raise ValueError(f"eccv_caption_eval: COCO 1K {side} query {q} has no item of its fold "
+                                     "among its ranked items; R@1 needs one (retrieve with a larger k)")
+                hit = (rel & (rank < K)).any(axis=1).astype(np.int64)
+                fold_recalls[side][K].append(float(np.mean(hit)))
+    for K in ks:
+        out[f"coco_1k_r{K}"] = {side: float(np.mean(fold_recalls[side][K])) for side in ("i2t", "t2i")}
+
+    for name, key in (("original", "coco_5k"), ("cxc", "cxc"), ("eccv", "eccv")):
+        rels = per_gt(name, key)
+        for K in ks:
+            out[f"{key}_r{K}"] = {side: _recall_values(rels[side][0], K, side, key) for side in rels}
+        if name == "eccv":
+            maps: Dict[str, float] = {}
+            rps: Dict[str, float] = {}
+            for side, (rel, r) in rels.items():
+                if len(r) and r.max() > rel.shape[1]:
+                    e = int(np.argmax(r > rel.shape[1]))
+                    raise ValueError(
+                        f"eccv_caption_eval: ECCV Caption mAP@R needs k >= R for every query: {side} query "
+                        f"{e} (in the ground truth's order) has R = {int(r[e])} but the rankings have k = "
+                        f"{rel.shape[1]} (retrieve with k >= {int(r.max())})")
+                hits = np.cumsum(rel, axis=1, dtype=np.int64)
+                ranks = np.arange(1, rel.shape[1] + 1, dtype=np.int64)
+                prec = np.where(rel, 1 - (ranks - hits) / ranks, 0.0)
+                # One np.mean per query over its R values, as the package averages them.
+                maps[side] = float(np.mean([np.mean(prec[q, :r[q]]) for q in range(len(r))]))
+                rps[side] = float(np.mean(_rprecision_values(rel, r)))
+            out["eccv_map_at_r"] = maps
+            out["eccv_rprecision"] = rps
+    if _ECCV_PM in gts:
+        rels = per_gt(_ECCV_PM, "Plausible Match")
+        out["pmrp"] = {side: float(np.mean(_rprecision_values(rel, r))) for side, (rel, r) in rels.items()}
+    return out
