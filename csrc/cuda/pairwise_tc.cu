@@ -1,4 +1,5 @@
-// The tensor-core forward engine of the pairwise distance op (csd, w2, l2, kl).
+// The tensor-core engine of the pairwise distance op (csd, w2, l2, kl): the forward here, the
+// backward (g @ F_b and g^T @ F_a, pairwise_backward_tc_kernel) further down.
 //
 // Each of these metrics is  row term + column term + alpha <f_a, f_b>  (cpu/inner_product.h):
 //   l2:   f = mu                      row = |mu|^2                          alpha = -2
@@ -32,7 +33,7 @@
 // default) float32 stays on the direct FP32 engine (pairwise.cu), which keeps full float32
 // accuracy. On 16-bit inputs csd and l2 always run here; w2 and kl only under High/Medium,
 // since their features would be rounded to TF32. Devices below sm_80 (no TF32/bfloat16 wmma)
-// use the direct engine.
+// use the direct engine. The backward follows the same rule (tensor_cores_apply).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
