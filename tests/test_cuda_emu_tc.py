@@ -225,3 +225,230 @@ def test_default_precision_is_highest():
     out = torch.full((30, 40), float("nan"))
     _C.pairwise_forward(0, cu(args[0]), cu(args[1]), cu(args[2]), cu(args[3]), cu(out), 1, 0)
     assert torch.equal(out, run("csd", *args, HIGHEST))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward (pairwise_tc.cu, pairwise_backward_tc_kernel): the two products g @ F_b and g^T @ F_a
+# on TF32 tensor cores, the chain rule and the row / column sums of g in the epilogue.
+#
+# Error bound, element by element, for each gradient x of a side (docs/design.md): the products
+# p_k = sum_q g[., q] F_k[q, .] have both operands rounded to TF32, so
+#   |dp_k| <= 2.1 * 2^-11 * P_k,   P_k = |g| @ |F_k|   (P_k: the product's magnitude),
+# and the chain rule carries it into the gradient with the own side's values:
+#   csd, l2, w2: d mu: 2 |dp0|;  w2 d lv: sigma |dp1|;  csd d lv = var * s has no product (exact s)
+#   kl, a side:  d mu: |mu| |dp0| + |dp1|;  d lv: var |dp0| / 2
+#   kl, b side:  d mu: |dp0| / var;  d lv: (|dp1| + 2 |mu| |dp0|) / (2 var)
+# plus the float32 bound of tests/test_cuda_emu.py (2e-6 sqrt(Q) of max|ref|) and, for 16-bit
+# gradients, that format's rounding of the value. Under highest float32 runs on the direct
+# engine (the float32 bound); 16-bit csd / l2 split g into two TF32 parts (2xTF32) with exact
+# 16-bit features, so they meet the float32 bound in every mode.
+
+ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def run_backward(metric, grad_out, a_mu, a_lv, b_mu, b_lv, precision, want=(True, True, True, True), outs=None):
+    if outs is None:
+        outs = [torch.full_like(t, float("nan")) if w else None for t, w in zip((a_mu, a_lv, b_mu, b_lv), want)]
+    lv = (lambda t: None) if metric == "l2" else cu
+    _C.pairwise_backward(METRIC_CODE[metric], cu(grad_out), cu(a_mu), lv(a_lv), cu(b_mu), lv(b_lv),
+                         *[cu(o) for o in outs], 1, 0, precision)
+    return outs
+
+
+def reference_grads(metric, grad_out, a_mu, a_lv, b_mu, b_lv):
+    leaves = [t.detach().double().requires_grad_(True) for t in (a_mu, a_lv, b_mu, b_lv)]
+    ref = pairwise_distance_naive(*leaves, metric)
+    grads = torch.autograd.grad(ref, leaves, grad_out.double(), allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
+
+
+def tf32_grad_bounds(metric, grad_out, a_mu, a_lv, b_mu, b_lv):
+    """The TF32 part of the bound above, [bound of d a_mu, d a_lv, d b_mu, d b_lv]."""
+    g = grad_out.double().abs()
+    am, al, bm, bl = (t.double() for t in (a_mu, a_lv, b_mu, b_lv))
+    va, vb = al.exp(), bl.exp()
+    unit = 2.1 * TF32_UNIT
+    if metric in ("csd", "l2"):
+        da = 2 * unit * (g @ bm.abs())
+        db = 2 * unit * (g.T @ am.abs())
+        return [da, torch.zeros_like(al), db, torch.zeros_like(bl)]
+    if metric == "w2":
+        sa, sb = (0.5 * al).exp(), (0.5 * bl).exp()
+        return [2 * unit * (g @ bm.abs()), sa * unit * (g @ sb), 2 * unit * (g.T @ am.abs()), sb * unit * (g.T @ sa)]
+    # kl: a side from F_b = (1/var_b, mu_b/var_b), b side from F_a = (mu_a, var_a + mu_a^2)
+    p0a, p1a = unit * (g @ (1 / vb)), unit * (g @ (bm.abs() / vb))
+    p0b, p1b = unit * (g.T @ am.abs()), unit * (g.T @ (va + am**2))
+    return [am.abs() * p0a + p1a, 0.5 * va * p0a, p0b / vb, 0.5 * (p1b + 2 * bm.abs() * p0b) / vb]
+
+
+def check_grads(got, refs, bounds, q_rows, dtype, label):
+    """Element by element: |got - ref| <= bound + the float32 bound (+ 16-bit rounding)."""
+    names = ("a_mean", "a_logvar", "b_mean", "b_logvar")
+    for name, g, r, b, q in zip(names, got, refs, bounds, q_rows):
+        if g is None or r.numel() == 0:
+            continue
+        assert g.dtype == dtype
+        assert not g.isnan().any(), f"{label} {name}: NaN (not written)"
+        total = b + float_bound(r, q) + 1e-30
+        total = total + ROUNDING.get(dtype, 0.0) * (r.abs() + total)
+        worst = ((g.double() - r).abs() / total).max().item()
+        assert worst <= 1.0, f"{label} grad {name}: error {worst:.3g} x its bound"
+
+
+def zeros_like_bounds(refs):
+    return [torch.zeros_like(r) for r in refs]
+
+
+def l2_refs(metric, refs):
+    if metric == "l2":  # l2 has no logvar: its logvar gradients are written as 0
+        refs[1], refs[3] = torch.zeros_like(refs[1]), torch.zeros_like(refs[3])
+    return refs
+
+
+def grad_inputs(n, m, d, dtype, seed=0):
+    args = inputs(n, m, d, dtype, seed=seed)
+    grad_out = torch.randn(n, m, generator=torch.Generator().manual_seed(seed + 100))
+    return grad_out, args
+
+
+BW_SHAPES = [(1, 1, 1), (3, 17, 5), (17, 3, 7), (65, 66, 33), (64, 64, 64), (257, 65, 17), (40, 70, 100),
+             (33, 257, 3), (5, 7, 0)]
+
+
+@pytest.mark.parametrize("metric", INNER)
+@pytest.mark.parametrize("shape", BW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backward_float32_high_is_tf32_and_within_its_bound(metric, shape):
+    n, m, d = shape
+    grad_out, args = grad_inputs(n, m, d, torch.float32, seed=n + m + d)
+    refs = l2_refs(metric, reference_grads(metric, grad_out, *args))
+    bounds = tf32_grad_bounds(metric, grad_out, *args)
+    for precision in (HIGH, MEDIUM):
+        got = run_backward(metric, grad_out, *args, precision)
+        check_grads(got, refs, bounds, (m, m, n, n), torch.float32, f"{metric} {shape} p{precision}")
+    highest = run_backward(metric, grad_out, *args, HIGHEST)
+    check_grads(highest, refs, zeros_like_bounds(refs), (m, m, n, n), torch.float32, f"{metric} {shape} highest")
+
+
+@pytest.mark.parametrize("metric", INNER)
+def test_backward_high_is_less_accurate_than_highest(metric):
+    """The mean gradients go through the products: TF32's ~2^-12 of the magnitude against
+    float32's ~2^-22 shows which engine ran."""
+    grad_out, args = grad_inputs(70, 90, 100, torch.float32, seed=7)
+    refs = reference_grads(metric, grad_out, *args)
+    highest = run_backward(metric, grad_out, *args, HIGHEST)
+    high = run_backward(metric, grad_out, *args, HIGH)
+    for k in (0, 2):  # d a_mean, d b_mean
+        e_highest, e_high = rel_err(highest[k], refs[k]), rel_err(high[k], refs[k])
+        assert e_highest <= 2e-6 * math.sqrt(90)
+        assert e_high >= 2.0**-16, f"high's error {e_high:.3g} is float32's: TF32 not used"
+        assert e_high >= 20 * e_highest, (k, e_high, e_highest)
+
+
+@pytest.mark.parametrize("metric", INNER)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 17, 5), (65, 257, 33), (130, 70, 17), (40, 70, 100), (5, 7, 0)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_backward_16bit_inputs(metric, dtype, shape):
+    n, m, d = shape
+    grad_out, args = grad_inputs(n, m, d, dtype, seed=3)
+    refs = l2_refs(metric, reference_grads(metric, grad_out, *args))
+    results = {}
+    for precision in (HIGHEST, HIGH):
+        got = results[precision] = run_backward(metric, grad_out, *args, precision)
+        if metric in ("csd", "l2") or precision == HIGHEST:
+            # csd / l2: 2xTF32 on tensor cores with exact features; w2 / kl under highest: direct.
+            bounds = zeros_like_bounds(refs)
+        else:
+            bounds = tf32_grad_bounds(metric, grad_out, *args)
+        check_grads(got, refs, bounds, (m, m, n, n), dtype, f"{metric} {dtype} {shape} p{precision}")
+    if metric in ("csd", "l2"):  # the same tensor-core kernel in both modes
+        for x, y in zip(results[HIGHEST], results[HIGH]):
+            assert torch.equal(x, y)
+
+
+def test_backward_16bit_split_is_float32_accurate():
+    """csd / l2 on float16: g split into two TF32 parts keeps the products to float32's accuracy,
+    checked before the 16-bit rounding could hide it: against the float64 gradient rounded to
+    float16, at most one float16 ulp off wherever the value is not tiny."""
+    grad_out, args = grad_inputs(90, 300, 40, torch.float16, seed=4)
+    for metric in ("csd", "l2"):
+        refs = l2_refs(metric, reference_grads(metric, grad_out, *args))
+        got = run_backward(metric, grad_out, *args, HIGH)
+        for k in (0, 2):
+            r = refs[k]
+            close = (got[k].double() - r).abs() <= 2.0**-11 * r.abs() + float_bound(r, 300)
+            assert close.all(), metric
+
+
+@pytest.mark.parametrize("metric", INNER)
+def test_backward_strided_inputs_grad_out_and_gradients(metric):
+    """Transposed, sliced and offset inputs, a transposed grad_out, and transposed / sliced
+    gradient outputs: read and written through their strides, with the same arithmetic."""
+    grad_out, (a_mu, a_lv, b_mu, b_lv) = grad_inputs(37, 70, 48, torch.float32, seed=5)
+    a_mu_t, a_lv_t = a_mu.t().contiguous().t(), a_lv.t().contiguous().t()
+    b_mu_s = torch.stack([b_mu, torch.zeros_like(b_mu)], dim=2).reshape(70, 96)[:, ::2]
+    b_lv_o = torch.zeros(70 * 48 + 1)[1:].view(70, 48)
+    b_lv_o.copy_(b_lv)
+    g_t = grad_out.t().contiguous().t()
+    outs = [torch.full((48, 37), float("nan")).t(), torch.full((37, 96), float("nan"))[:, ::2],
+            torch.full((48, 70), float("nan")).t(), torch.full((70, 48 * 3), float("nan"))[:, 1::3]]
+    assert not g_t.is_contiguous() and not any(o.is_contiguous() for o in outs)
+    got = run_backward(metric, g_t, a_mu_t, a_lv_t, b_mu_s, b_lv_o, HIGH, outs=outs)
+    args = (a_mu, a_lv, b_mu, b_lv)
+    contiguous = run_backward(metric, grad_out, *args, HIGH)
+    for x, y in zip(got, contiguous):
+        assert torch.equal(x, y)
+    refs = l2_refs(metric, reference_grads(metric, grad_out, *args))
+    check_grads(got, refs, tf32_grad_bounds(metric, grad_out, *args), (70, 70, 37, 37), torch.float32, metric)
+
+
+@pytest.mark.parametrize("metric", INNER)
+def test_backward_one_side_only(metric):
+    grad_out, args = grad_inputs(45, 66, 20, torch.float32, seed=6)
+    full = run_backward(metric, grad_out, *args, HIGH)
+    for want in ((True, False, False, False), (False, True, False, True), (False, False, True, False),
+                 (True, True, False, False), (False, False, True, True)):
+        got = run_backward(metric, grad_out, *args, HIGH, want=want)
+        for w, x, y in zip(want, got, full):
+            assert (x is None) == (not w)
+            if w:
+                assert torch.equal(x, y), want
+
+
+def test_backward_empty_inputs():
+    for n, m, d in ((0, 5, 8), (5, 0, 8), (0, 0, 8), (5, 7, 0)):
+        grad_out, args = grad_inputs(n, m, d, torch.float32)
+        for metric in INNER:
+            got = run_backward(metric, grad_out, *args, HIGH)
+            for x, t in zip(got, args):
+                assert x.shape == t.shape
+                if m == 0 and t.shape[0] == n:  # nothing summed: the a side's gradients are zeros
+                    assert (x == 0).all()
+        args16 = inputs(n, m, d, torch.bfloat16)
+        got = run_backward("csd", grad_out, *args16, HIGHEST)
+        assert [x.shape for x in got] == [t.shape for t in args16]
+
+
+def test_backward_float64_and_direct_metrics_ignore_the_precision():
+    grad_out, args = grad_inputs(20, 30, 9, torch.float64)
+    grad_out = grad_out.double()
+    for metric in METRIC_CODE:
+        refs = l2_refs(metric, reference_grads(metric, grad_out, *args))
+        for g, r in zip(run_backward(metric, grad_out, *args, HIGH), refs):
+            assert rel_err(g, r) <= 1e-12
+    grad_out, args = grad_inputs(20, 30, 9, torch.float32)
+    for metric in ("bhattacharyya", "elk"):
+        for x, y in zip(run_backward(metric, grad_out, *args, HIGH), run_backward(metric, grad_out, *args, HIGHEST)):
+            assert torch.equal(x, y)
+
+
+def test_backward_unknown_precision_is_refused_and_default_is_highest():
+    grad_out, args = grad_inputs(2, 3, 4, torch.float32)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="matmul precision"):
+            run_backward("csd", grad_out, *args, bad)
+    grad_out, args = grad_inputs(30, 40, 64, torch.float32)
+    outs = [torch.full_like(t, float("nan")) for t in args]
+    _C.pairwise_backward(0, cu(grad_out), *[cu(t) for t in args], *[cu(o) for o in outs], 1, 0)
+    for x, y in zip(outs, run_backward("csd", grad_out, *args, HIGHEST)):
+        assert torch.equal(x, y)

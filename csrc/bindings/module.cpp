@@ -53,8 +53,9 @@ void pairwise_backward_py(int metric, const ViewTuple& grad_out, const ViewTuple
                           const std::optional<ViewTuple>& grad_a_logvar,
                           const std::optional<ViewTuple>& grad_b_mean,
                           const std::optional<ViewTuple>& grad_b_logvar, int num_threads,
-                          uintptr_t stream) {
+                          uintptr_t stream, int precision) {
   PairwiseBackwardParams p;
+  p.precision = static_cast<MatmulPrecision>(precision);  // the core validates the code
   p.metric = to_metric(metric);
   p.grad_out = to_view(grad_out, "grad_out");
   p.a_mean = to_view(a_mean, "a_mean");
@@ -120,7 +121,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("pairwise_backward", &pairwise_backward_py, py::arg("metric"), py::arg("grad_out"),
         py::arg("a_mean"), py::arg("a_logvar"), py::arg("b_mean"), py::arg("b_logvar"),
         py::arg("grad_a_mean"), py::arg("grad_a_logvar"), py::arg("grad_b_mean"),
-        py::arg("grad_b_logvar"), py::arg("num_threads"), py::arg("stream"));
+        py::arg("grad_b_logvar"), py::arg("num_threads"), py::arg("stream"),
+        py::arg("precision") = 0);
   register_match_prob(m);
   register_topk(m);
   register_adamp(m);

@@ -17,10 +17,9 @@
 //    dimension limit applies whatever N, M and D are.
 //
 // The GEMM form: csd, w2, l2 and kl are  row term + column term + alpha <f_a, f_b>  (see
-// cpu/pairwise.cpp for the features). Their forward runs on tensor cores (pairwise_tc.cu) where
-// the dtype and the matmul precision allow it; otherwise, and for bhattacharyya and elk, float64
-// and every backward, this engine runs. Still to come: the backward as two GEMMs (G @ F_b,
-// G^T @ F_a) on tensor cores.
+// cpu/pairwise.cpp for the features). Their forward and backward (the two GEMMs G @ F_b and
+// G^T @ F_a) run on tensor cores (pairwise_tc.cu) where the dtype and the matmul precision allow
+// it; otherwise, and for bhattacharyya and elk and float64, this engine runs.
 //
 // Dtypes: float32 and float64 compute in their own type; float16 and bfloat16 inputs are loaded,
 // converted to float and accumulated in float; the distance matrix (and grad_out) are float32 for
@@ -521,6 +520,8 @@ void pairwise_backward(const PairwiseBackwardParams& p) {
   const bool want_b = p.grad_b_mean.present() || p.grad_b_logvar.present();
   if (!want_a && !want_b) return;
   const DeviceGuard guard(p.a_mean.device_index);
+  // csd/w2/l2/kl on tensor cores where the dtype and matmul precision allow (pairwise_tc.cu).
+  if (pairwise_backward_tensor_cores(p)) return;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   visit_storage(p.a_mean.dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;

@@ -1,4 +1,5 @@
-// The tensor-core forward engine of the pairwise distance op (csd, w2, l2, kl).
+// The tensor-core engine of the pairwise distance op (csd, w2, l2, kl): the forward here, the
+// backward (g @ F_b and g^T @ F_a, pairwise_backward_tc_kernel) further down.
 //
 // Each of these metrics is  row term + column term + alpha <f_a, f_b>  (cpu/inner_product.h):
 //   l2:   f = mu                      row = |mu|^2                          alpha = -2
@@ -32,7 +33,7 @@
 // default) float32 stays on the direct FP32 engine (pairwise.cu), which keeps full float32
 // accuracy. On 16-bit inputs csd and l2 always run here; w2 and kl only under High/Medium,
 // since their features would be rounded to TF32. Devices below sm_80 (no TF32/bfloat16 wmma)
-// use the direct engine.
+// use the direct engine. The backward follows the same rule (tensor_cores_apply).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -343,6 +344,302 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
 }
 
 // ---------------------------------------------------------------------------------------------
+// Backward: one kernel per side. The "own" side is the one whose gradients are written (P rows),
+// the "other" side is summed over (Q rows), and g is grad_out seen as [P, Q] (its transpose for
+// the b side). The product Prod = g @ F_other ([P, Q] x [Q, W]) runs on wmma, with F_other the
+// other side's backward features (two a dimension for w2 / kl, interleaved as 2d, 2d + 1):
+//   csd, l2:       F = mu                         (cpu/pairwise.cpp, backward_means_in_place)
+//   w2:            F = (mu, sigma)
+//   kl, own a:     F_b = (1/var_b, mu_b/var_b)
+//   kl, own b:     F_a = (mu_a, var_a + mu_a^2)   (cpu/pairwise.cpp, backward_features)
+// and the epilogue applies the chain rule with the own side's (mu, var) and s = the row sums of
+// g (cpu/pairwise.cpp, combine_gradients):
+//   csd, l2:  d mu = 2 (mu s - p0);  d lv = var s (csd; l2 writes 0)
+//   w2:       d mu = 2 (mu s - p0);  d lv = sigma (sigma s - p1)
+//   kl, a:    d mu = mu p0 - p1;     d lv = (var p0 - s) / 2
+//   kl, b:    d mu = (mu s - p0) / var;  d lv = (s - (p1 - 2 mu p0 + mu^2 s) / var) / 2
+//
+// Tiling: a block is 4 warps and owns 64 own rows x 64 features (64 dimensions for csd / l2, 32
+// for w2 / kl); warp (wm, wn) owns 32 x 32, 2 x 2 accumulator fragments. The summed axis Q goes
+// in chunks of kBwQ = 32 rows: g[64 rows][32] (float, unrounded) and F[32][64 features] (rounded
+// to TF32 when staged) in shared memory, double buffered through registers like the forward.
+// g is rounded to TF32 on the fragment after the load; where the features are exact in TF32
+// (csd / l2 on 16-bit inputs) g is split into two TF32 parts, hi = tf32(g), lo = tf32(g - hi),
+// and both are multiplied (2xTF32): the product then has about 21 of g's 24 bits, float32's
+// accuracy, which is why those run on tensor cores in every precision mode. The row sums s are
+// added in float from the unrounded g tile in shared memory (two threads a row, two-level sum).
+// All loads go element by element through the strides, coalesced along whichever axis is
+// contiguous (no 16-byte loads yet).
+
+constexpr int kBwQ = 32;          // other-side rows per staged chunk (4 TF32 k-steps)
+constexpr int kBwLdA = kBwQ + 4;  // g tile row: 144 bytes
+constexpr int kBwLdB = kTile + 4; // feature tile row: 272 bytes
+constexpr int kBwGPerThread = kTile * kBwQ / kThreads;  // 16 g values a thread and chunk
+
+struct alignas(128) BwSmem {
+  float a[2][kTile][kBwLdA];   // g[own row][q]
+  float b[2][kBwQ][kBwLdB];    // F[q][feature]
+  float scratch[kWarps][16][kScratchLd];
+  float sum[kTile];            // row sums of g
+};
+
+template <typename S>
+struct BwArgs {
+  const float* g;
+  int64_t g_row_stride, g_col_stride;  // g as [P, Q]
+  Input<S> own_mu, own_lv, other_mu, other_lv;
+  S* grad_mu;                          // null: not requested
+  int64_t gm_row_stride, gm_col_stride;
+  S* grad_lv;                          // null: not requested
+  int64_t gl_row_stride, gl_col_stride;
+  int64_t p, q, dim;
+};
+
+template <Metric kMetric, bool kOwnIsB>
+struct BwForm {
+  static constexpr int width = (kMetric == Metric::W2 || kMetric == Metric::KL) ? 2 : 1;
+  static constexpr bool other_needs_logvar = width == 2;  // csd / l2: F = mu
+
+  // The other side's backward features of one dimension.
+  __device__ __forceinline__ static void features(float mu, float lv, float (&f)[width]) {
+    if constexpr (width == 1) {
+      f[0] = mu;
+    } else if constexpr (kMetric == Metric::W2) {
+      f[0] = mu;
+      f[width - 1] = sqrtf(expf(lv));
+    } else if constexpr (!kOwnIsB) {  // kl, own a: the b side's features
+      const float inv = 1.0f / expf(lv);
+      f[0] = inv;
+      f[width - 1] = mu * inv;
+    } else {  // kl, own b: the a side's features
+      const float var = expf(lv);
+      f[0] = mu;
+      f[width - 1] = var + mu * mu;
+    }
+  }
+
+  // The own side's gradients of one dimension from its products p[] and the row sum s.
+  __device__ __forceinline__ static void chain(float mu, float lv, float s, const float (&p)[width],
+                                               float& gm, float& gl) {
+    if constexpr (kMetric == Metric::L2) {
+      gm = 2.0f * (mu * s - p[0]);
+      gl = 0.0f;
+    } else if constexpr (kMetric == Metric::CSD) {
+      gm = 2.0f * (mu * s - p[0]);
+      gl = expf(lv) * s;
+    } else if constexpr (kMetric == Metric::W2) {
+      const float sigma = sqrtf(expf(lv));
+      gm = 2.0f * (mu * s - p[0]);
+      gl = sigma * (sigma * s - p[width - 1]);
+    } else if constexpr (!kOwnIsB) {
+      gm = mu * p[0] - p[width - 1];
+      gl = 0.5f * (expf(lv) * p[0] - s);
+    } else {
+      const float inv = 1.0f / expf(lv);
+      gm = (mu * s - p[0]) * inv;
+      gl = 0.5f * (s - (p[width - 1] - 2.0f * mu * p[0] + mu * mu * s) * inv);
+    }
+  }
+};
+
+template <typename S>
+__device__ __forceinline__ float load_at(const Input<S>& in, int64_t row, int64_t col) {
+  return to_float(in.data[row * in.row_stride + col * in.col_stride]);
+}
+
+template <typename S>
+__device__ __forceinline__ S from_float(float x) {
+  if constexpr (std::is_same_v<S, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<S, __half>) {
+    return __float2half_rn(x);
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+template <Metric kMetric, bool kOwnIsB, typename S, bool kSplit>
+__global__ void __launch_bounds__(kThreads) pairwise_backward_tc_kernel(const BwArgs<S> args) {
+#ifndef PCMEKIT_TC_ARCH
+  (void)BwForm<kMetric, kOwnIsB>::width;
+  __trap();  // the host never launches it there (pairwise_backward_tensor_cores)
+#else
+  using F = BwForm<kMetric, kOwnIsB>;
+  constexpr int kW = F::width;
+  constexpr int kDims = kTile / kW;                          // dimensions per block tile
+  constexpr int kFPerThread = kBwQ * kDims / kThreads;       // (q, dim) pairs a thread stages
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+  __shared__ BwSmem s;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 2, wn = warp % 2;
+  const int srow = tid / 2, shalf = tid % 2;  // the thread's row of g for the row sums
+  const int64_t tiles_d = (args.dim + kDims - 1) / kDims;
+  const int64_t tiles = (args.p + kTile - 1) / kTile * tiles_d;
+  const int64_t chunks = (args.q + kBwQ - 1) / kBwQ;
+  // Coalescing: consecutive threads along q where g's q axis is contiguous, else along rows;
+  // along dimensions where the other side's rows are contiguous, else along q.
+  const bool g_q_fastest = args.g_col_stride == 1;
+  const bool f_dim_fastest = args.other_mu.col_stride == 1;
+
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t r0 = tile / tiles_d * kTile;
+    const int64_t d0 = tile % tiles_d * kDims;
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) wmma::fill_fragment(acc[fi][fj], 0.0f);
+
+    float gv[kBwGPerThread], fmu[kFPerThread], flv[kFPerThread];
+    float sum = 0.0f;
+
+    auto fetch = [&](int64_t c) {
+      const int64_t q0 = c * kBwQ;
+#pragma unroll
+      for (int u = 0; u < kBwGPerThread; ++u) {
+        const int e = tid + kThreads * u;
+        const int r = g_q_fastest ? e / kBwQ : e % kTile;
+        const int k = g_q_fastest ? e % kBwQ : e / kTile;
+        const int64_t row = r0 + r, q = q0 + k;
+        gv[u] = row < args.p && q < args.q ? args.g[row * args.g_row_stride + q * args.g_col_stride] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kFPerThread; ++u) {
+        const int e = tid + kThreads * u;
+        const int k = f_dim_fastest ? e / kDims : e % kBwQ;
+        const int d = f_dim_fastest ? e % kDims : e / kBwQ;
+        const int64_t q = q0 + k, dim = d0 + d;
+        const bool valid = q < args.q && dim < args.dim;
+        fmu[u] = valid ? load_at(args.other_mu, q, dim) : 0.0f;
+        if constexpr (F::other_needs_logvar) flv[u] = valid ? load_at(args.other_lv, q, dim) : 0.0f;
+      }
+    };
+    auto put = [&](int64_t c, int buf) {
+      const int64_t q0 = c * kBwQ;
+#pragma unroll
+      for (int u = 0; u < kBwGPerThread; ++u) {
+        const int e = tid + kThreads * u;
+        const int r = g_q_fastest ? e / kBwQ : e % kTile;
+        const int k = g_q_fastest ? e % kBwQ : e / kTile;
+        s.a[buf][r][k] = gv[u];
+      }
+#pragma unroll
+      for (int u = 0; u < kFPerThread; ++u) {
+        const int e = tid + kThreads * u;
+        const int k = f_dim_fastest ? e / kDims : e % kBwQ;
+        const int d = f_dim_fastest ? e % kDims : e / kBwQ;
+        const bool valid = q0 + k < args.q && d0 + d < args.dim;
+        float lv = 0.0f;
+        if constexpr (F::other_needs_logvar) lv = flv[u];
+        float f[kW];
+        F::features(fmu[u], lv, f);
+#pragma unroll
+        for (int w = 0; w < kW; ++w) s.b[buf][k][d * kW + w] = Tf32Op::from(valid ? f[w] : 0.0f);
+      }
+    };
+
+    if (chunks > 0) {
+      fetch(0);
+      put(0, 0);
+    }
+    __syncthreads();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int buf = static_cast<int>(c & 1);
+      if (c + 1 < chunks) fetch(c + 1);  // in flight during the mma's
+#pragma unroll
+      for (int ks = 0; ks < kBwQ / 8; ++ks) {
+        FragA fa[2];
+        FragB fb[2];
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+          wmma::load_matrix_sync(fa[f], &s.a[buf][wm * 32 + 16 * f][ks * 8], kBwLdA);
+          wmma::load_matrix_sync(fb[f], &s.b[buf][ks * 8][wn * 32 + 16 * f], kBwLdB);
+        }
+        if constexpr (kSplit) {
+          FragA lo[2];
+#pragma unroll
+          for (int f = 0; f < 2; ++f)
+#pragma unroll
+            for (int t = 0; t < fa[f].num_elements; ++t) {
+              const float hi = wmma::__float_to_tf32(fa[f].x[t]);
+              lo[f].x[t] = wmma::__float_to_tf32(fa[f].x[t] - hi);
+              fa[f].x[t] = hi;
+            }
+#pragma unroll
+          for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+            for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], lo[fi], fb[fj], acc[fi][fj]);
+        } else {
+#pragma unroll
+          for (int f = 0; f < 2; ++f)
+#pragma unroll
+            for (int t = 0; t < fa[f].num_elements; ++t) fa[f].x[t] = wmma::__float_to_tf32(fa[f].x[t]);
+        }
+#pragma unroll
+        for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+          for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
+      }
+      {  // the row sums of g from the unrounded tile: two threads a row, 16 values each
+        float part = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kBwQ / 2; ++k) part += s.a[buf][srow][shalf * (kBwQ / 2) + k];
+        sum += part;
+      }
+      if (c + 1 < chunks) put(c + 1, buf ^ 1);
+      __syncthreads();
+    }
+
+    // The two threads of a row are lanes 2r and 2r + 1 of one warp.
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (shalf == 0) s.sum[srow] = sum;
+    __syncthreads();
+
+    // Epilogue: each accumulator fragment through the warp's scratch tile, then the chain rule
+    // per (row, dimension) with the own side's inputs, written through the gradients' strides.
+    float(&scratch)[16][kScratchLd] = s.scratch[warp];
+    constexpr int kPairs = 16 * 16 / kW;  // (row, dimension) pairs of a fragment
+#pragma unroll
+    for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) {
+        wmma::store_matrix_sync(&scratch[0][0], acc[fi][fj], kScratchLd, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < kPairs / 32; ++u) {
+          const int e = lane + 32 * u;
+          const int r = e / (16 / kW), cd = e % (16 / kW);
+          const int lr = wm * 32 + 16 * fi + r;
+          const int64_t row = r0 + lr;
+          const int64_t dim = d0 + (wn * 32 + 16 * fj) / kW + cd;
+          if (row < args.p && dim < args.dim) {
+            float p[kW];
+#pragma unroll
+            for (int w = 0; w < kW; ++w) p[w] = scratch[r][cd * kW + w];
+            const float mu = load_at(args.own_mu, row, dim);
+            const float lv = args.own_lv.data != nullptr ? load_at(args.own_lv, row, dim) : 0.0f;
+            float gm, gl;
+            F::chain(mu, lv, s.sum[lr], p, gm, gl);
+            if (args.grad_mu != nullptr)
+              args.grad_mu[row * args.gm_row_stride + dim * args.gm_col_stride] = from_float<S>(gm);
+            if (args.grad_lv != nullptr)
+              args.grad_lv[row * args.gl_row_stride + dim * args.gl_col_stride] = from_float<S>(gl);
+          }
+        }
+        __syncwarp();  // before the next fragment overwrites the scratch tile
+      }
+    // The next tile writes s.sum only after its first __syncthreads.
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side.
 
 template <typename S>
@@ -397,6 +694,60 @@ void launch_storage(const PairwiseForwardParams& p, cudaStream_t stream) {
   }
 }
 
+template <Metric kMetric, bool kOwnIsB, typename S, bool kSplit>
+void launch_backward_side(const PairwiseBackwardParams& p, cudaStream_t stream) {
+  const MatrixView& own_mean = kOwnIsB ? p.b_mean : p.a_mean;
+  const MatrixView& own_logvar = kOwnIsB ? p.b_logvar : p.a_logvar;
+  const MatrixView& other_mean = kOwnIsB ? p.a_mean : p.b_mean;
+  const MatrixView& other_logvar = kOwnIsB ? p.a_logvar : p.b_logvar;
+  const MatrixView& grad_mean = kOwnIsB ? p.grad_b_mean : p.grad_a_mean;
+  const MatrixView& grad_logvar = kOwnIsB ? p.grad_b_logvar : p.grad_a_logvar;
+  if (!grad_mean.present() && !grad_logvar.present()) return;
+  const bool lv = Form<kMetric>::needs_logvar;
+  BwArgs<S> args;
+  args.g = static_cast<const float*>(p.grad_out.data);
+  args.g_row_stride = kOwnIsB ? p.grad_out.col_stride : p.grad_out.row_stride;
+  args.g_col_stride = kOwnIsB ? p.grad_out.row_stride : p.grad_out.col_stride;
+  args.own_mu = input<S>(own_mean, true);
+  args.own_lv = input<S>(own_logvar, lv);
+  args.other_mu = input<S>(other_mean, true);
+  args.other_lv = input<S>(other_logvar, lv);
+  args.grad_mu = grad_mean.present() ? static_cast<S*>(grad_mean.data) : nullptr;
+  args.gm_row_stride = grad_mean.row_stride;
+  args.gm_col_stride = grad_mean.col_stride;
+  args.grad_lv = grad_logvar.present() ? static_cast<S*>(grad_logvar.data) : nullptr;
+  args.gl_row_stride = grad_logvar.row_stride;
+  args.gl_col_stride = grad_logvar.col_stride;
+  args.p = own_mean.rows;
+  args.q = other_mean.rows;
+  args.dim = own_mean.cols;
+  constexpr int64_t kDims = kTile / BwForm<kMetric, kOwnIsB>::width;
+  const int64_t tiles = (args.p + kTile - 1) / kTile * ((args.dim + kDims - 1) / kDims);
+  if (tiles == 0) return;  // P == 0 or D == 0: the gradients are empty
+  const unsigned grid = static_cast<unsigned>(std::min(tiles, kMaxBlocks));
+  pairwise_backward_tc_kernel<kMetric, kOwnIsB, S, kSplit><<<grid, kThreads, 0, stream>>>(args);
+  PCMEKIT_CUDA_LAUNCH_CHECK(stream);
+}
+
+template <Metric kMetric, typename S>
+void launch_backward_metric(const PairwiseBackwardParams& p, cudaStream_t stream) {
+  // csd / l2 on 16-bit inputs: the features are exact in TF32, so g is split (2xTF32).
+  constexpr bool kSplit = Form<kMetric>::width == 1 && !std::is_same_v<S, float>;
+  launch_backward_side<kMetric, false, S, kSplit>(p, stream);
+  launch_backward_side<kMetric, true, S, kSplit>(p, stream);
+}
+
+template <typename S>
+void launch_backward_storage(const PairwiseBackwardParams& p, cudaStream_t stream) {
+  switch (p.metric) {
+    case Metric::CSD: return launch_backward_metric<Metric::CSD, S>(p, stream);
+    case Metric::L2: return launch_backward_metric<Metric::L2, S>(p, stream);
+    case Metric::W2: return launch_backward_metric<Metric::W2, S>(p, stream);
+    case Metric::KL: return launch_backward_metric<Metric::KL, S>(p, stream);
+    default: return;
+  }
+}
+
 // Whether the current device has TF32 and bfloat16 wmma (sm_80 and later); asked once a device.
 bool device_has_tensor_cores(int device) {
   static int major[64] = {};
@@ -412,14 +763,13 @@ bool device_has_tensor_cores(int device) {
   return major[device] >= 8;
 }
 
-}  // namespace
-
-bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
-  const Metric metric = p.metric;
+// The rule of docs/design.md's precision table, the same for forward and backward: float32 on
+// tensor cores only when TF32 is allowed; 16-bit csd / l2 always (exact features); 16-bit w2 / kl
+// as float32; never float64, bhattacharyya, elk, or below sm_80.
+bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, int device) {
   if (metric != Metric::CSD && metric != Metric::L2 && metric != Metric::W2 && metric != Metric::KL)
     return false;
-  const DType dtype = p.a_mean.dtype;
-  const bool tf32_allowed = p.precision != MatmulPrecision::Highest;
+  const bool tf32_allowed = precision != MatmulPrecision::Highest;
   const bool input_features = metric == Metric::CSD || metric == Metric::L2;
   switch (dtype) {
     case DType::Float32:
@@ -431,12 +781,31 @@ bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
       break;
     default: return false;
   }
-  if (!device_has_tensor_cores(p.a_mean.device_index)) return false;
+  return device_has_tensor_cores(device);
+}
+
+}  // namespace
+
+bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
+  const DType dtype = p.a_mean.dtype;
+  if (!tensor_cores_apply(p.metric, dtype, p.precision, p.a_mean.device_index)) return false;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   switch (dtype) {
     case DType::Float32: launch_storage<float>(p, stream); break;
     case DType::Float16: launch_storage<__half>(p, stream); break;
     default: launch_storage<__nv_bfloat16>(p, stream); break;
+  }
+  return true;
+}
+
+bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p) {
+  const DType dtype = p.a_mean.dtype;
+  if (!tensor_cores_apply(p.metric, dtype, p.precision, p.a_mean.device_index)) return false;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  switch (dtype) {
+    case DType::Float32: launch_backward_storage<float>(p, stream); break;
+    case DType::Float16: launch_backward_storage<__half>(p, stream); break;
+    default: launch_backward_storage<__nv_bfloat16>(p, stream); break;
   }
   return true;
 }

@@ -1,4 +1,4 @@
-// The tensor-core (wmma) forward engine of the pairwise distance op: csd, w2, l2 and kl in their
+// The tensor-core (wmma) engine of the pairwise distance op: csd, w2, l2 and kl in their
 // inner-product form. See pairwise_tc.cu and docs/design.md, "CUDA tensor cores and the matmul precision".
 #pragma once
 
@@ -10,5 +10,9 @@ namespace pcmekit::cuda {
 // dtype, matmul precision, device capability); returns false, having done nothing, otherwise,
 // and the caller uses the direct SIMT engine.
 bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p);
+
+// The same for the backward pass (G @ F_b and G^T @ F_a on tensor cores, the chain rule in the
+// epilogue), under the same rule as the forward.
+bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p);
 
 }  // namespace pcmekit::cuda

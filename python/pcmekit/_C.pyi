@@ -54,6 +54,7 @@ def pairwise_backward(
     grad_b_logvar: Optional[ViewTuple],  # [M, D]
     num_threads: int,
     stream: int,
+    precision: int = 0,  # float32 matmul precision on CUDA: 0 highest, 1 high (TF32), 2 medium
 ) -> None: ...
 def distance_bce(
     distance: ViewTuple,  # [N, M] float32/float64, CPU

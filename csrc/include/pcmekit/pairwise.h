@@ -44,6 +44,7 @@ struct PairwiseBackwardParams {
   Metric metric = Metric::CSD;
   int num_threads = 0;
   void* stream = nullptr;
+  MatmulPrecision precision = MatmulPrecision::Highest;  // CUDA float32 matmul precision
 };
 
 // Validates (std::invalid_argument / pcmekit::TypeError naming the field) and runs on the
