@@ -39,6 +39,23 @@ def test_pairwise_passes_torch_matmul_precision(monkeypatch, restore_precision, 
     assert torch.equal(d, pcmekit.pairwise_distance(a_mu, a_lv, a_mu, a_lv))
 
 
+@pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1)])
+def test_pairwise_backward_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
+    seen = []
+    real = _core.pairwise_backward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(_core, "pairwise_backward", spy)
+    torch.set_float32_matmul_precision(mode)
+    a_mu, a_lv = gaussians(5, 7, dtype=torch.float32)
+    a_mu.requires_grad_(True)
+    pcmekit.pairwise_distance(a_mu, a_lv, a_mu.detach(), a_lv).sum().backward()
+    assert seen == [code]
+
+
 def test_unknown_precision_code_is_refused():
     a = torch.randn(3, 4)
     out = torch.empty(3, 3)

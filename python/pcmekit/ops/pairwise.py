@@ -98,6 +98,7 @@ def pairwise_backward_op(
         g_bl,
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return grads
 
