@@ -32,3 +32,15 @@ def run_under_capabilities(script: str, capabilities=("generic", "avx2")) -> lis
         run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
         results.append(json.loads(run.stdout))
     return results
+
+
+def emulated_cuda_view(t):
+    """The core's view of CPU tensor ``t``, labelled as CUDA memory: the device of the CUDA
+    emulation build (tests/cuemu; None stays None)."""
+    from pcmekit import _core
+
+    if t is None:
+        return None
+    view = list(_core.matrix_view(t))
+    view[6] = 1  # device code: CUDA
+    return tuple(view)

@@ -28,7 +28,7 @@ import pcmekit
 from pcmekit import _C, _core
 from pcmekit.reference import match_logprob_naive, pairwise_distance_naive
 
-from _helpers import METRICS, gaussians
+from _helpers import METRICS, emulated_cuda_view, gaussians
 
 EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
 if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
@@ -40,13 +40,7 @@ METRIC_CODE = {m: i for i, m in enumerate(METRICS)}
 ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
-def cu(t: torch.Tensor | None):
-    """The core's view of CPU tensor ``t``, labelled as CUDA memory: the emulator's device."""
-    if t is None:
-        return None
-    v = list(_core.matrix_view(t))
-    v[6] = 1
-    return tuple(v)
+cu = emulated_cuda_view
 
 
 def cpu(t: torch.Tensor | None):

@@ -25,10 +25,10 @@ import pytest
 import torch
 
 import pcmekit
-from pcmekit import _C, _core
+from pcmekit import _C
 from pcmekit.reference import pairwise_distance_naive
 
-from _helpers import gaussians
+from _helpers import emulated_cuda_view, gaussians
 
 EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
 if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
@@ -42,13 +42,7 @@ HIGHEST, HIGH, MEDIUM = 0, 1, 2
 TF32_UNIT = 2.0**-11  # TF32 rounding: 10 explicit mantissa bits, round to nearest
 
 
-def cu(t: torch.Tensor | None):
-    """The core's view of CPU tensor ``t``, labelled as CUDA memory: the emulator's device."""
-    if t is None:
-        return None
-    v = list(_core.matrix_view(t))
-    v[6] = 1
-    return tuple(v)
+cu = emulated_cuda_view
 
 
 def run(metric, a_mu, a_lv, b_mu, b_lv, precision, out=None):

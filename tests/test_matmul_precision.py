@@ -20,16 +20,22 @@ def restore_precision():
     torch.set_float32_matmul_precision(before)
 
 
-@pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1), ("medium", 2)])
-def test_pairwise_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
-    seen = []
-    real = _core.pairwise_forward
+def precision_codes_seen(monkeypatch, entry: str) -> list:
+    """Replaces _core.<entry> by a spy that records the precision code (its last argument)."""
+    seen: list = []
+    real = getattr(_core, entry)
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(_core, "pairwise_forward", spy)
+    monkeypatch.setattr(_core, entry, spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1), ("medium", 2)])
+def test_pairwise_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
+    seen = precision_codes_seen(monkeypatch, "pairwise_forward")
     torch.set_float32_matmul_precision(mode)
     a_mu, a_lv = gaussians(5, 7, dtype=torch.float32)
     d = pcmekit.pairwise_distance(a_mu, a_lv, a_mu, a_lv)
@@ -41,14 +47,7 @@ def test_pairwise_passes_torch_matmul_precision(monkeypatch, restore_precision, 
 
 @pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1)])
 def test_pairwise_backward_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
-    seen = []
-    real = _core.pairwise_backward
-
-    def spy(*args):
-        seen.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(_core, "pairwise_backward", spy)
+    seen = precision_codes_seen(monkeypatch, "pairwise_backward")
     torch.set_float32_matmul_precision(mode)
     a_mu, a_lv = gaussians(5, 7, dtype=torch.float32)
     a_mu.requires_grad_(True)

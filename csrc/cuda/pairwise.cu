@@ -429,26 +429,21 @@ void launch_forward(const PairwiseForwardParams& p, cudaStream_t stream) {
 template <typename Term, bool kOwnIsB, typename S>
 void launch_backward_side(const PairwiseBackwardParams& p, cudaStream_t stream) {
   using Acc = typename Accumulate<S>::type;
-  const MatrixView& own_mean = kOwnIsB ? p.b_mean : p.a_mean;
-  const MatrixView& own_logvar = kOwnIsB ? p.b_logvar : p.a_logvar;
-  const MatrixView& other_mean = kOwnIsB ? p.a_mean : p.b_mean;
-  const MatrixView& other_logvar = kOwnIsB ? p.a_logvar : p.b_logvar;
-  const MatrixView& grad_mean = kOwnIsB ? p.grad_b_mean : p.grad_a_mean;
-  const MatrixView& grad_logvar = kOwnIsB ? p.grad_b_logvar : p.grad_a_logvar;
-  if (!grad_mean.present() && !grad_logvar.present()) return;
+  const BackwardSide side = backward_side(p, kOwnIsB);
+  if (!side.wanted()) return;
 
   BackwardArgs<S, Acc> args;
   const Strided<const Acc> g = strided<const Acc>(p.grad_out);
   args.g = kOwnIsB ? transposed(g) : g;
-  args.own_mu = strided<const S>(own_mean);
-  args.own_lv = logvar_input<S>(own_logvar, p.metric);
-  args.other_mu = strided<const S>(other_mean);
-  args.other_lv = logvar_input<S>(other_logvar, p.metric);
-  args.grad_mu = strided<S>(grad_mean);
-  args.grad_lv = strided<S>(grad_logvar);
-  args.p = own_mean.rows;
-  args.q = other_mean.rows;
-  args.dim = own_mean.cols;
+  args.own_mu = strided<const S>(side.own_mean);
+  args.own_lv = logvar_input<S>(side.own_logvar, p.metric);
+  args.other_mu = strided<const S>(side.other_mean);
+  args.other_lv = logvar_input<S>(side.other_logvar, p.metric);
+  args.grad_mu = strided<S>(side.grad_mean);
+  args.grad_lv = strided<S>(side.grad_logvar);
+  args.p = side.own_mean.rows;
+  args.q = side.other_mean.rows;
+  args.dim = side.own_mean.cols;
   const int64_t tiles = tile_count(args.p, args.dim);
   if (tiles == 0) return;  // P == 0 or D == 0: the gradients are empty
   pairwise_backward_kernel<Term, kOwnIsB, S, Acc>

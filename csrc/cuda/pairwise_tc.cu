@@ -696,31 +696,26 @@ void launch_storage(const PairwiseForwardParams& p, cudaStream_t stream) {
 
 template <Metric kMetric, bool kOwnIsB, typename S, bool kSplit>
 void launch_backward_side(const PairwiseBackwardParams& p, cudaStream_t stream) {
-  const MatrixView& own_mean = kOwnIsB ? p.b_mean : p.a_mean;
-  const MatrixView& own_logvar = kOwnIsB ? p.b_logvar : p.a_logvar;
-  const MatrixView& other_mean = kOwnIsB ? p.a_mean : p.b_mean;
-  const MatrixView& other_logvar = kOwnIsB ? p.a_logvar : p.b_logvar;
-  const MatrixView& grad_mean = kOwnIsB ? p.grad_b_mean : p.grad_a_mean;
-  const MatrixView& grad_logvar = kOwnIsB ? p.grad_b_logvar : p.grad_a_logvar;
-  if (!grad_mean.present() && !grad_logvar.present()) return;
+  const BackwardSide side = backward_side(p, kOwnIsB);
+  if (!side.wanted()) return;
   const bool lv = Form<kMetric>::needs_logvar;
   BwArgs<S> args;
   args.g = static_cast<const float*>(p.grad_out.data);
   args.g_row_stride = kOwnIsB ? p.grad_out.col_stride : p.grad_out.row_stride;
   args.g_col_stride = kOwnIsB ? p.grad_out.row_stride : p.grad_out.col_stride;
-  args.own_mu = input<S>(own_mean, true);
-  args.own_lv = input<S>(own_logvar, lv);
-  args.other_mu = input<S>(other_mean, true);
-  args.other_lv = input<S>(other_logvar, lv);
-  args.grad_mu = grad_mean.present() ? static_cast<S*>(grad_mean.data) : nullptr;
-  args.gm_row_stride = grad_mean.row_stride;
-  args.gm_col_stride = grad_mean.col_stride;
-  args.grad_lv = grad_logvar.present() ? static_cast<S*>(grad_logvar.data) : nullptr;
-  args.gl_row_stride = grad_logvar.row_stride;
-  args.gl_col_stride = grad_logvar.col_stride;
-  args.p = own_mean.rows;
-  args.q = other_mean.rows;
-  args.dim = own_mean.cols;
+  args.own_mu = input<S>(side.own_mean, true);
+  args.own_lv = input<S>(side.own_logvar, lv);
+  args.other_mu = input<S>(side.other_mean, true);
+  args.other_lv = input<S>(side.other_logvar, lv);
+  args.grad_mu = side.grad_mean.present() ? static_cast<S*>(side.grad_mean.data) : nullptr;
+  args.gm_row_stride = side.grad_mean.row_stride;
+  args.gm_col_stride = side.grad_mean.col_stride;
+  args.grad_lv = side.grad_logvar.present() ? static_cast<S*>(side.grad_logvar.data) : nullptr;
+  args.gl_row_stride = side.grad_logvar.row_stride;
+  args.gl_col_stride = side.grad_logvar.col_stride;
+  args.p = side.own_mean.rows;
+  args.q = side.other_mean.rows;
+  args.dim = side.own_mean.cols;
   constexpr int64_t kDims = kTile / BwForm<kMetric, kOwnIsB>::width;
   const int64_t tiles = (args.p + kTile - 1) / kTile * ((args.dim + kDims - 1) / kDims);
   if (tiles == 0) return;  // P == 0 or D == 0: the gradients are empty
@@ -786,28 +781,38 @@ bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, i
 
 }  // namespace
 
-bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
+namespace {
+
+template <typename S>
+struct StorageTag {
+  using type = S;
+};
+
+// Calls launch(StorageTag<S>{}) for the storage type of p's inputs when the tensor cores apply to
+// p (tensor_cores_apply); false, having done nothing, otherwise.
+template <typename Params, typename Launch>
+bool run_on_tensor_cores(const Params& p, Launch launch) {
   const DType dtype = p.a_mean.dtype;
   if (!tensor_cores_apply(p.metric, dtype, p.precision, p.a_mean.device_index)) return false;
-  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   switch (dtype) {
-    case DType::Float32: launch_storage<float>(p, stream); break;
-    case DType::Float16: launch_storage<__half>(p, stream); break;
-    default: launch_storage<__nv_bfloat16>(p, stream); break;
+    case DType::Float32: launch(StorageTag<float>{}); break;
+    case DType::Float16: launch(StorageTag<__half>{}); break;
+    default: launch(StorageTag<__nv_bfloat16>{}); break;
   }
   return true;
 }
 
-bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p) {
-  const DType dtype = p.a_mean.dtype;
-  if (!tensor_cores_apply(p.metric, dtype, p.precision, p.a_mean.device_index)) return false;
+}  // namespace
+
+bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  switch (dtype) {
-    case DType::Float32: launch_backward_storage<float>(p, stream); break;
-    case DType::Float16: launch_backward_storage<__half>(p, stream); break;
-    default: launch_backward_storage<__nv_bfloat16>(p, stream); break;
-  }
-  return true;
+  return run_on_tensor_cores(p, [&](auto tag) { launch_storage<typename decltype(tag)::type>(p, stream); });
+}
+
+bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  return run_on_tensor_cores(
+      p, [&](auto tag) { launch_backward_storage<typename decltype(tag)::type>(p, stream); });
 }
 
 }  // namespace pcmekit::cuda

@@ -47,6 +47,24 @@ struct PairwiseBackwardParams {
   MatmulPrecision precision = MatmulPrecision::Highest;  // CUDA float32 matmul precision
 };
 
+// One side of a backward pass: the side whose gradients are written (own) and the side summed
+// over (other). Both back ends compute the two sides as the same pass with the roles swapped.
+struct BackwardSide {
+  const MatrixView& own_mean;
+  const MatrixView& own_logvar;
+  const MatrixView& other_mean;
+  const MatrixView& other_logvar;
+  const MatrixView& grad_mean;
+  const MatrixView& grad_logvar;
+  bool wanted() const { return grad_mean.present() || grad_logvar.present(); }
+};
+
+inline BackwardSide backward_side(const PairwiseBackwardParams& p, bool own_is_b) {
+  if (own_is_b)
+    return {p.b_mean, p.b_logvar, p.a_mean, p.a_logvar, p.grad_b_mean, p.grad_b_logvar};
+  return {p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.grad_a_mean, p.grad_a_logvar};
+}
+
 // Validates (std::invalid_argument / pcmekit::TypeError naming the field) and runs on the
 // device of the inputs.
 void pairwise_forward(const PairwiseForwardParams& p);
