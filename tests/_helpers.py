@@ -44,3 +44,13 @@ def emulated_cuda_view(t):
     view = list(_core.matrix_view(t))
     view[6] = 1  # device code: CUDA
     return tuple(view)
+
+
+def leave_process_group() -> None:
+    """Ends a test worker's torch.distributed group with both ranks in step: a rank that tears
+    gloo down while its peer still finishes the last collective aborts the peer ("terminate
+    called without an active exception", about half the runs of the two-rank tests)."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()

@@ -21,6 +21,8 @@ import torch.multiprocessing as mp
 from pcmekit import ProbEmbedding
 from pcmekit.losses import InfoNCELoss, PCMEPPLoss, mix_images
 
+from _helpers import leave_process_group
+
 WORLD = 2
 F64 = torch.float64
 
@@ -145,7 +147,7 @@ def _worker(rank: int, port: int) -> None:
         dist.all_reduce(token)
         assert token.item() == 3.0
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def _emb(b, d):

@@ -17,7 +17,7 @@ from pcmekit import ProbEmbedding
 from pcmekit.losses.pcme import PCMELoss
 from pcmekit.reference_match import match_logprob_naive, sample_gaussians
 
-from _helpers import gaussians
+from _helpers import gaussians, leave_process_group
 
 
 def batch(b_img, b_txt, d, j, *, seed=0, dtype=torch.float64):
@@ -182,7 +182,7 @@ def _distributed_worker(rank: int, port: int) -> None:
         dist.all_reduce(token)
         assert token.item() == 3.0
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def test_gather_matches_single_process_two_gloo_ranks():

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _helpers import gaussians
+from _helpers import gaussians, leave_process_group
 from pcmekit.retrieval import GalleryIndex, ShardedIndex
 
 WORLD = 2
@@ -123,7 +123,7 @@ def _worker(rank: int, port: int, tmpdir: str) -> None:
 
         _check_errors(rank)
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def _check_errors(rank: int) -> None:
