@@ -189,6 +189,21 @@ inline void check_memory(const void* ptr, unsigned ldm, std::size_t elem_bytes, 
                            " elements is not a multiple of 16 bytes");
 }
 
+// The warp barrier of a load or store: checks the lane, the pointer's alignment and ldm, waits
+// for all 32 lanes and checks that they passed the same pointer. Returns the calling lane.
+inline Thread& memory_collective(const void* ptr, unsigned ldm, std::size_t elem_bytes, const char* what,
+                                 const char* file, int line) {
+  Thread& t = lane_thread(what);
+  check_memory(ptr, ldm, elem_bytes, what);
+  check_uniform_pointer(collective(t, reinterpret_cast<std::uintptr_t>(ptr), what, file, line), what);
+  return t;
+}
+
+// Element offset of tile position (r, c) in memory with leading dimension ldm.
+inline std::size_t offset(int r, int c, unsigned ldm, bool row_major_memory) {
+  return row_major_memory ? std::size_t(r) * ldm + c : std::size_t(c) * ldm + r;
+}
+
 }  // namespace detail
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>
@@ -205,16 +220,11 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* ptr,
   static_assert(!std::is_same_v<Use, accumulator>, "an accumulator load takes a layout_t");
   static_assert(std::is_same_v<std::remove_cv_t<P>, typename Frag::element_type>,
                 "load_matrix_sync: the pointer's type must be the fragment's element type");
-  constexpr const char* what = "wmma::load_matrix_sync";
-  detail::Thread& t = detail::lane_thread(what);
-  detail::check_memory(ptr, ldm, sizeof(P), what);
-  const std::uint64_t* all =
-      detail::collective(t, reinterpret_cast<std::uintptr_t>(ptr), what, file, line);
-  detail::check_uniform_pointer(all, what);
+  const detail::Thread& t = detail::memory_collective(ptr, ldm, sizeof(P), "wmma::load_matrix_sync", file, line);
   for (int e = 0; e < Frag::num_elements; ++e) {
     int r, c;
     detail::position<Frag>(t.lane, e, r, c);
-    f.x[e] = std::is_same_v<Layout, row_major> ? ptr[std::size_t(r) * ldm + c] : ptr[std::size_t(c) * ldm + r];
+    f.x[e] = ptr[detail::offset(r, c, ldm, std::is_same_v<Layout, row_major>)];
   }
 }
 
@@ -222,16 +232,11 @@ template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* ptr, unsigned ldm,
                              layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using Frag = fragment<accumulator, M, N, K, float>;
-  constexpr const char* what = "wmma::load_matrix_sync";
-  detail::Thread& t = detail::lane_thread(what);
-  detail::check_memory(ptr, ldm, sizeof(float), what);
-  const std::uint64_t* all =
-      detail::collective(t, reinterpret_cast<std::uintptr_t>(ptr), what, file, line);
-  detail::check_uniform_pointer(all, what);
+  const detail::Thread& t = detail::memory_collective(ptr, ldm, sizeof(float), "wmma::load_matrix_sync", file, line);
   for (int e = 0; e < Frag::num_elements; ++e) {
     int r, c;
     detail::position<Frag>(t.lane, e, r, c);
-    f.x[e] = layout == mem_row_major ? ptr[std::size_t(r) * ldm + c] : ptr[std::size_t(c) * ldm + r];
+    f.x[e] = ptr[detail::offset(r, c, ldm, layout == mem_row_major)];
   }
 }
 
@@ -240,16 +245,11 @@ inline void store_matrix_sync(float* ptr, const fragment<accumulator, M, N, K, f
                               layout_t layout, const char* file = __builtin_FILE(),
                               int line = __builtin_LINE()) {
   using Frag = fragment<accumulator, M, N, K, float>;
-  constexpr const char* what = "wmma::store_matrix_sync";
-  detail::Thread& t = detail::lane_thread(what);
-  detail::check_memory(ptr, ldm, sizeof(float), what);
-  const std::uint64_t* all =
-      detail::collective(t, reinterpret_cast<std::uintptr_t>(ptr), what, file, line);
-  detail::check_uniform_pointer(all, what);
+  const detail::Thread& t = detail::memory_collective(ptr, ldm, sizeof(float), "wmma::store_matrix_sync", file, line);
   for (int e = 0; e < Frag::num_elements; ++e) {
     int r, c;
     detail::position<Frag>(t.lane, e, r, c);
-    (layout == mem_row_major ? ptr[std::size_t(r) * ldm + c] : ptr[std::size_t(c) * ldm + r]) = f.x[e];
+    ptr[detail::offset(r, c, ldm, layout == mem_row_major)] = f.x[e];
   }
 }
 
