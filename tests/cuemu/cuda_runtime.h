@@ -187,42 +187,42 @@ inline cudaError_t cudaGetLastError() {
 }
 inline cudaError_t cudaPeekAtLastError() { return cuemu::detail::errors().last; }
 
-inline const char* cudaGetErrorName(cudaError_t err) {
-  switch (err) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInitializationError: return "cudaErrorInitializationError";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorNotReady: return "cudaErrorNotReady";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-  }
-  return "cudaErrorUnknown";
+namespace cuemu::detail {
+struct ErrorText {
+  cudaError_t code;
+  const char* name;  // cudaGetErrorName
+  const char* text;  // cudaGetErrorString, the real runtime's sentence
+};
+inline constexpr ErrorText kErrorTexts[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInitializationError, "cudaErrorInitializationError", "initialization error"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument"},
+    {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection", "invalid copy direction for memcpy"},
+    {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorNotReady, "cudaErrorNotReady", "device not ready"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+};
+inline constexpr ErrorText kUnknownError = {static_cast<cudaError_t>(999), "cudaErrorUnknown", "unknown error"};  // 999: the runtime's code
+
+inline const ErrorText& error_text(cudaError_t err) {
+  for (const ErrorText& e : kErrorTexts)
+    if (e.code == err) return e;
+  return kUnknownError;
 }
+}  // namespace cuemu::detail
+
+inline const char* cudaGetErrorName(cudaError_t err) { return cuemu::detail::error_text(err).name; }
 
 // The runtime's sentence, followed by what the emulator saw when it raised the error.
 inline const char* cudaGetErrorString(cudaError_t err) {
   static thread_local std::string text;
-  const char* base = "unknown error";
-  switch (err) {
-    case cudaSuccess: base = "no error"; break;
-    case cudaErrorInvalidValue: base = "invalid argument"; break;
-    case cudaErrorMemoryAllocation: base = "out of memory"; break;
-    case cudaErrorInitializationError: base = "initialization error"; break;
-    case cudaErrorInvalidConfiguration: base = "invalid configuration argument"; break;
-    case cudaErrorInvalidMemcpyDirection: base = "invalid copy direction for memcpy"; break;
-    case cudaErrorInsufficientDriver: base = "CUDA driver version is insufficient for CUDA runtime version"; break;
-    case cudaErrorNoDevice: base = "no CUDA-capable device is detected"; break;
-    case cudaErrorInvalidDevice: base = "invalid device ordinal"; break;
-    case cudaErrorInvalidResourceHandle: base = "invalid resource handle"; break;
-    case cudaErrorNotReady: base = "device not ready"; break;
-    case cudaErrorLaunchFailure: base = "unspecified launch failure"; break;
-  }
+  const char* base = cuemu::detail::error_text(err).text;
   const std::string& detail = cuemu::detail::errors().detail;
   text = detail.empty() ? std::string(base) : std::string(base) + " [cuemu: " + detail + "]";
   return text.c_str();
