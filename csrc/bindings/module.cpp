@@ -13,6 +13,7 @@
 #include "bindings/views.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+#include "cpu/peak.h"
 #include "pcmekit/pairwise.h"
 #include "pcmekit/topk.h"
 #ifdef PCMEKIT_WITH_CUDA
@@ -99,6 +100,40 @@ py::dict build_config() {
   return info;
 }
 
+// Measured multiply-add rate of one ISA on `threads` threads at once (pcmekit.bench.peak).
+py::dict fma_peak(const std::string& isa, bool double_precision, int threads, double seconds) {
+  cpu::Isa which;
+  if (isa == "avx512") {
+    which = cpu::Isa::avx512;
+  } else if (isa == "avx2") {
+    which = cpu::Isa::avx2;
+  } else if (isa == "generic") {
+    which = cpu::Isa::generic;
+  } else {
+    throw py::value_error("isa must be 'avx512', 'avx2' or 'generic', got '" + isa + "'");
+  }
+  cpu::FmaPeak peak;
+  {
+    py::gil_scoped_release release;
+    peak = cpu::measure_fma_peak(which, double_precision, threads, seconds);
+  }
+  py::dict out;
+  out["gflops"] = peak.gflops;
+  out["seconds"] = peak.seconds;
+  out["flops"] = peak.flops;
+  out["threads"] = peak.threads;
+  return out;
+}
+
+// The ISAs this CPU supports, whatever PCMEKIT_CPU_CAPABILITY says (the cap only picks the
+// kernels' path; a benchmark may still measure every path).
+py::list supported_isas() {
+  py::list out;
+  for (cpu::Isa isa : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512})
+    if (cpu::isa_supported(isa)) out.append(cpu::isa_name(isa));
+  return out;
+}
+
 int cuda_device_count() {
 #if defined(PCMEKIT_CUDA_EMU)
   return 0;  // the emulated device runs on CPU memory; torch has no CUDA tensors for it
@@ -129,4 +164,7 @@ PYBIND11_MODULE(_C, m) {
   register_bce(m);
   m.def("build_config", &build_config);
   m.def("cuda_device_count", &cuda_device_count);
+  m.def("fma_peak", &fma_peak, py::arg("isa"), py::arg("double_precision"), py::arg("threads"),
+        py::arg("seconds"));
+  m.def("supported_isas", &supported_isas);
 }

@@ -160,3 +160,8 @@ def adamp_step(
 def build_config() -> BuildConfig: ...
 def cuda_device_count() -> int:
     """GPUs the CUDA runtime sees; 0 without CUDA support or without a driver."""
+def fma_peak(isa: str, double_precision: bool, threads: int, seconds: float) -> Dict[str, Any]:
+    """Measured multiply-add rate of ``isa`` ("avx512", "avx2" or "generic") on ``threads``
+    threads at once for about ``seconds``: ``{"gflops", "seconds", "flops", "threads"}``."""
+def supported_isas() -> List[str]:
+    """The SIMD paths this CPU supports, whatever PCMEKIT_CPU_CAPABILITY caps the kernels to."""

@@ -125,6 +125,8 @@ topk_workspace_bytes = _C.topk_workspace_bytes
 topk = _C.topk
 distance_bce = _C.distance_bce
 adamp_kernel = _C.adamp_step
+fma_peak = _C.fma_peak
+supported_isas = _C.supported_isas
 
 
 @functools.lru_cache(maxsize=None)

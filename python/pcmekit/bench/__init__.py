@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,9 +27,11 @@ SUITES: Dict[str, str] = {
     "match_prob": "pcmekit.bench.match_prob",
     "optim": "pcmekit.bench.optim",
     "topk": "pcmekit.bench.topk",
+    "peak": "pcmekit.bench.peak",
 }
 
-FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "queries_per_s", "notes"]
+FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "pct_peak", "speedup", "peak_mb",
+          "queries_per_s", "notes"]
 
 
 @dataclasses.dataclass
@@ -89,11 +91,34 @@ def row(
         "baseline": baseline,
         "median_ms": seconds * 1e3,
         "gflops": None if flops is None else flops / seconds / 1e9,
+        "pct_peak": None,
         "speedup": None,
         "peak_mb": peak_mb,
         "queries_per_s": queries_per_s,
         "notes": notes,
     }
+
+
+def _add_percent_of_peak(rows: List[Dict[str, Any]], config: BenchConfig) -> Optional[str]:
+    """Fills ``pct_peak`` of every CPU row with a rate: its GFLOP/s over the measured FMA limit of
+    the kernels' SIMD path for the row's ``dtype`` ("fp32" unless it says "fp64") and ``threads``
+    (torch's unless it says). Returns a line describing the limit used, for the table's header."""
+    if config.device != "cpu" or not any(r.get("gflops") for r in rows):
+        return None
+    from .peak import measure_peak
+
+    threads = torch.get_num_threads()
+    used: Dict[Tuple[str, int], float] = {}
+    for r in rows:
+        if not r.get("gflops"):
+            continue
+        dtype = torch.float64 if r.get("dtype") == "fp64" else torch.float32
+        t = int(r.get("threads") or threads)
+        peak = measure_peak(None, dtype, t)["gflops"]
+        used[(str(dtype).replace("torch.", ""), t)] = peak
+        r["pct_peak"] = 100.0 * r["gflops"] / peak
+    parts = [f"{gf:.0f} GFLOP/s {dt}, {t} thread{'s' if t > 1 else ''}" for (dt, t), gf in sorted(used.items())]
+    return f"% peak: of the measured FMA limit of the {measure_peak()['isa']} path (" + "; ".join(parts) + ")"
 
 
 def _add_speedups(rows: List[Dict[str, Any]]) -> None:
@@ -105,7 +130,7 @@ def _add_speedups(rows: List[Dict[str, Any]]) -> None:
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A plain-text table of the measurements."""
-    headers = ["suite", "case", "impl", "ms", "GFLOP/s", "speed-up", "peak MB"]
+    headers = ["suite", "case", "impl", "ms", "GFLOP/s", "% peak", "speed-up", "peak MB"]
     with_rate = any(r.get("queries_per_s") is not None for r in rows)  # retrieval suites
     if with_rate:
         headers.append("queries/s")
@@ -120,6 +145,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
             r["impl"] + (" (baseline)" if r.get("baseline") else ""),
             fmt(r["median_ms"], ".2f"),
             fmt(r.get("gflops"), ".1f"),
+            fmt(r.get("pct_peak"), ".0f"),
             fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
             fmt(r.get("peak_mb"), ".0f"),
         ]
@@ -179,15 +205,19 @@ def run_suites(
         module = importlib.import_module(SUITES[name])
         rows += module.run(config)
     _add_speedups(rows)
+    limit = _add_percent_of_peak(rows, config)
+    if limit:
+        echo(f"[pcmekit bench] {limit}")
     echo(format_table(rows))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = "_".join(names)
         with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")  # suites' extra keys: JSON only
             writer.writeheader()
             writer.writerows(rows)
-        meta = {"config": dataclasses.asdict(config), "build_info": _build_info(), "results": rows}
+        meta = {"config": dataclasses.asdict(config), "build_info": _build_info(), "fma_peak": limit,
+                "results": rows}
         (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2))
         plotted = _plot(rows, out_dir / f"{stem}.png")
         echo(f"[pcmekit bench] wrote {out_dir / stem}.csv, .json" + (", .png" if plotted else ""))
