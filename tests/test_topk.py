@@ -256,14 +256,42 @@ def test_opposite_infinities_are_not_mistaken_for_nan():
     assert bool(torch.isinf(values[:, -2:]).all())
 
 
-@pytest.mark.parametrize("where", [0, 1, 2, 3])
-def test_nan_inputs_raise(where):
-    inputs, _ = problem(5, 20, 4, seed=17)
-    inputs = [t.clone() for t in inputs]
-    inputs[where][1, 2] = float("nan")
-    name = ["q_mean", "q_logvar", "g_mean", "g_logvar"][where]
-    with pytest.raises(ValueError, match=f"{name} contains NaN"):
-        pcmekit.topk(*inputs, 3, "csd")
+# (metric, input) pairs where the metric reads the input: l2 has no log-variances, and only
+# match_prob takes noise.
+NAN_CASES = [
+    (metric, where)
+    for metric in ("csd", "l2", "w2", "kl", "bhattacharyya", "elk", "match_prob")
+    for where in range(6)
+    if not (metric == "l2" and where in (1, 3)) and (metric == "match_prob" or where < 4)
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric, where", NAN_CASES)
+def test_nan_inputs_raise_naming_the_tensor_and_its_first_nan_row(where, metric, dtype):
+    # The CPU kernel finds NaN itself: through the row / column terms for csd and l2, by a scan for
+    # the others. A later tensor's NaN must not hide an earlier one's, nor a later row an earlier.
+    inputs, kw = problem(7, 600, 5, seed=17, dtype=dtype)
+    tensors = [t.clone() for t in inputs] + [kw["eps_q"].clone(), kw["eps_g"].clone()]
+    name = ["q_mean", "q_logvar", "g_mean", "g_logvar", "eps_q", "eps_g"][where]
+    tensors[where][(5, 2) if where < 4 else (5, 1, 2)] = float("nan")
+    tensors[where][(3, 4) if where < 4 else (3, 2, 0)] = float("nan")
+    tensors[5][(1, 0, 1)] = float("nan")  # a NaN in a tensor after it in the order: not the one named
+    if where == 5:
+        tensors[5][(1, 0, 1)] = 0.0
+    kwargs = dict(eps_q=tensors[4], eps_g=tensors[5], scale=2.0, shift=3.0, num_samples=3) if metric == "match_prob" else {}
+    with pytest.raises(ValueError, match=rf"{name} contains NaN \(first in row 3\)"):
+        pcmekit.topk(*tensors[:4], 3, metric, **kwargs)
+
+
+def test_nan_check_reads_strided_views():
+    inputs, _ = problem(6, 40, 8, seed=18)
+    g_mean = inputs[2].t().contiguous().t()  # column-major
+    g_mean[11, 6] = float("nan")
+    with pytest.raises(ValueError, match=r"g_mean contains NaN \(first in row 11\)"):
+        pcmekit.topk(inputs[0], inputs[1], g_mean, inputs[3], 3, "csd")
+    with pytest.raises(ValueError, match=r"g_mean contains NaN \(first in row 11\)"):
+        pcmekit.topk(inputs[0], inputs[1], g_mean, inputs[3], 3, "bhattacharyya")
 
 
 def test_core_rejects_bad_views_itself():

@@ -23,15 +23,25 @@
 // rows in every cell, the gallery split into shards, and each row's shard lists merged at the end.
 // Extra memory: threads x Q x k heap entries plus per-thread GEMM scratch or tiles; none of it
 // grows with N.
+//
+// NaN inputs are an error here (docs/design.md, "Validation"): a NaN score has no rank. The
+// kernel looks where it reads the data anyway: the row and column terms of csd and l2 (sums of
+// squares and variances) are NaN exactly when an input of their row is, so for them the check is
+// a scan of Q + N scalars; the other metrics scan their inputs once. Only a NaN found that way
+// leads to a search of the tensors for the first NaN row, which the message names.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/inner_product.h"
 #include "cpu/parallel.h"
+#include "cpu/select.h"
 #include "cpu/strided.h"
 #include "pcmekit/match_prob.h"
 #include "pcmekit/pairwise.h"
@@ -47,7 +57,7 @@ constexpr int64_t kMinRowsPerCell = 48;
 // kernels copy both sides' rows and take exp of the log-variances) is a few percent.
 constexpr int64_t kTileRows = 32;
 constexpr int64_t kTileCols = 512;
-// Keys computed per step in the GEMM epilogue (a stack buffer).
+// Keys per step of a row whose distances are all infinite (a stack buffer).
 constexpr int64_t kKeyRun = 256;
 
 // A NaN key ranks after every number (it is canonicalised to +inf, then the index decides), so
@@ -151,6 +161,61 @@ inline void offer_run(RowHeaps<T>& heaps, int64_t r, int64_t first, int64_t coun
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// NaN checks.
+
+// The first row of `v` (counted in items of `rows_per_item` rows: the noise holds J rows per
+// embedding) holding a NaN, or -1. Rows are scanned in parallel blocks; the lowest hit wins.
+template <typename T>
+int64_t first_nan_row(const MatrixView& v, int64_t rows_per_item, int num_threads) {
+  if (!v.present() || v.empty()) return -1;
+  std::atomic<int64_t> first{std::numeric_limits<int64_t>::max()};
+  parallel_for(0, v.rows, 1024, num_threads, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t r = lo; r < hi && r < first.load(std::memory_order_relaxed); ++r) {
+      const T* x = static_cast<const T*>(v.data) + r * v.row_stride;
+      bool nan = false;
+      if (v.col_stride == 1) {
+        for (int64_t c = 0; c < v.cols; ++c) nan |= x[c] != x[c];  // vectorises, unlike isnan
+      } else {
+        for (int64_t c = 0; c < v.cols; ++c) nan |= x[c * v.col_stride] != x[c * v.col_stride];
+      }
+      if (nan) {
+        int64_t seen = first.load();
+        while (r < seen && !first.compare_exchange_weak(seen, r)) {
+        }
+        return;
+      }
+    }
+  });
+  const int64_t r = first.load();
+  return r == std::numeric_limits<int64_t>::max() ? -1 : r / rows_per_item;
+}
+
+// Throws for the first of `inputs` (in order) that holds a NaN.
+struct NamedInput {
+  const char* name;
+  const MatrixView* view;
+  int64_t rows_per_item;
+};
+
+template <typename T>
+void reject_nan(std::initializer_list<NamedInput> inputs, int num_threads) {
+  for (const NamedInput& in : inputs) {
+    const int64_t row = first_nan_row<T>(*in.view, in.rows_per_item, num_threads);
+    if (row >= 0)
+      throw std::invalid_argument(std::string(in.name) + " contains NaN (first in row " +
+                                  std::to_string(row) +
+                                  "); top-k needs comparable scores (drop or fix those rows)");
+  }
+}
+
+template <typename T>
+bool any_nan(const std::vector<T>& terms) {
+  bool nan = false;
+  for (const T x : terms) nan |= x != x;
+  return nan;
+}
+
 // How the (rows x gallery) work is cut into cells, one per thread.
 struct Grid {
   int64_t row_blocks = 1, shards = 1;
@@ -230,8 +295,21 @@ void for_each_cell(const TopkParams& p, const Grid& grid, std::vector<RowHeaps<T
 template <typename T>
 void topk_inner_product(const TopkParams& p) {
   const int nt = p.num_threads;
+  // csd's and l2's terms read every input element (l2 has no log-variances); w2's and kl's do not
+  // all propagate a NaN (kl's query term ignores the means), so those are scanned.
+  const bool terms_see_nan = p.metric == Metric::CSD || p.metric == Metric::L2;
+  if (!terms_see_nan)
+    reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &p.q_logvar, 1},
+                   {"g_mean", &p.g_mean, 1}, {"g_logvar", &p.g_logvar, 1}}, nt);
   const inner::InnerProductForm<T> form =
       inner::inner_product_form<T>(p.q_mean, p.q_logvar, p.g_mean, p.g_logvar, p.metric, nt);
+  if (terms_see_nan) {
+    const MatrixView none;  // l2 ignores the log-variances, NaN or not
+    const MatrixView& ql = p.metric == Metric::L2 ? none : p.q_logvar;
+    const MatrixView& gl = p.metric == Metric::L2 ? none : p.g_logvar;
+    if (any_nan(form.row)) reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &ql, 1}}, nt);
+    if (any_nan(form.col)) reject_nan<T>({{"g_mean", &p.g_mean, 1}, {"g_logvar", &gl, 1}}, nt);
+  }
   const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, nt);
   std::vector<RowHeaps<T>> cells;
   std::vector<int64_t> row_start;
@@ -242,21 +320,27 @@ void topk_inner_product(const TopkParams& p) {
     const T* col = form.col.data() + g0;
     auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
       const T floor = -row[r];  // key of a distance clamped at zero
-      T key[kKeyRun];
+      const int64_t first = g0 + c0;
       if (!std::isfinite(floor)) {
         // An infinite query constant makes every distance of the row infinite: all tie, and
         // the keys must say so (the index then decides), whatever the finite remainder is.
+        T key[kKeyRun];
         std::fill(key, key + kKeyRun, std::numeric_limits<T>::infinity());
         for (int64_t s = 0; s < count; s += kKeyRun)
-          offer_run(heaps, r, g0 + c0 + s, std::min(kKeyRun, count - s), key);
+          offer_run(heaps, r, first + s, std::min(kKeyRun, count - s), key);
         return;
       }
-      for (int64_t s = 0; s < count; s += kKeyRun) {
-        const int64_t len = std::min(kKeyRun, count - s);
-        // A plain loop the compiler vectorises; the selection then reads the keys from L1.
-        for (int64_t t = 0; t < len; ++t)
-          key[t] = std::max(col[c0 + s + t] + alpha * acc[s + t], floor);
-        offer_run(heaps, r, g0 + c0 + s, len, key);
+      const T* c = col + c0;
+      int64_t t = 0;
+      for (; t < count && !heaps.full(r); ++t)
+        heaps.offer(r, canonical(topk_key(c[t], acc[t], alpha, floor)), first + t);
+      // Then the vectorised scan (cpu/select.h) stops only at keys that beat the k-th best.
+      while (t < count) {
+        T key;
+        t += first_key_below(c + t, acc + t, alpha, floor, heaps.worst_key(r), count - t, &key);
+        if (t == count) break;
+        heaps.offer(r, key, first + t);
+        ++t;
       }
     };
     GemmOperand<T> lhs = form.lhs, rhs = form.rhs;
@@ -315,6 +399,10 @@ void score_tile(const TopkParams& p, int64_t r0, int64_t r1, int64_t g0, int64_t
 
 template <typename T>
 void topk_tiled(const TopkParams& p) {
+  const int64_t j = p.score == TopkScore::MatchProb ? p.num_samples : 1;
+  reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &p.q_logvar, 1}, {"g_mean", &p.g_mean, 1},
+                 {"g_logvar", &p.g_logvar, 1}, {"eps_q", &p.eps_q, j}, {"eps_g", &p.eps_g, j}},
+                p.num_threads);
   const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, p.num_threads);
   std::vector<RowHeaps<T>> cells;
   std::vector<int64_t> row_start;

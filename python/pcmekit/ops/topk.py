@@ -47,8 +47,7 @@ def _codes(metric: str) -> Tuple[int, int]:
     return _SCORE_DISTANCE, METRICS.index(metric)
 
 
-@torch.library.custom_op("pcmekit::topk", mutates_args=())
-def topk_op(
+def _topk_kernel(
     q_mean: torch.Tensor,
     q_logvar: Optional[torch.Tensor],
     g_mean: torch.Tensor,
@@ -93,6 +92,17 @@ def topk_op(
         stream_handle(q_mean.device),
     )
     return values, indices
+
+
+# The custom op is what torch.compile, export and the dispatcher's modes see. An eager call on plain
+# tensors needs none of that, and the dispatcher's round trip costs ~50 us, more than the kernel of
+# a small search: eager calls run the kernel function itself (``_eager``). topk has no autograd
+# formula either way (it returns indices).
+topk_op = torch.library.custom_op("pcmekit::topk", _topk_kernel, mutates_args=())
+
+
+def _eager(tensors: Tuple[Optional[torch.Tensor], ...]) -> bool:
+    return not compiling() and all(t is None or type(t) is torch.Tensor for t in tensors)
 
 
 @topk_op.register_fake
@@ -189,10 +199,14 @@ def topk(
     elif any(x is not None for x in (scale, shift, eps_q, eps_g)):
         raise ValueError(f"scale, shift and eps_q / eps_g are match_prob arguments; metric is '{metric}'")
 
-    inputs = (("q_mean", qm), ("q_logvar", ql), ("g_mean", gm), ("g_logvar", gl))
-    if not compiling():  # the scan reads the data: a graph break under torch.compile, so skipped there
+    # NaN inputs are refused (docs/design.md "Validation"): the CPU kernel checks where it reads
+    # the data anyway; on CUDA a scan here does (skipped under torch.compile, where reading the data
+    # would break the graph).
+    if qm.device.type == "cuda" and not compiling():
+        inputs = (("q_mean", qm), ("q_logvar", ql), ("g_mean", gm), ("g_logvar", gl))
         check_no_nan(inputs + (("eps_q", eq), ("eps_g", eg)))
-    values, indices = topk_op(
+    op = _topk_kernel if _eager((qm, ql, gm, gl, eq, eg)) else topk_op
+    values, indices = op(
         qm.detach(),
         None if ql is None else ql.detach(),
         gm.detach(),
