@@ -338,3 +338,20 @@ def test_half_precision_on_cuda(metric, dtype):
         assert leaf.grad.dtype == dtype
         scale = r.grad.abs().max().item()
         torch.testing.assert_close(leaf.grad.double().cpu(), r.grad, rtol=2e-2, atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["csd", "w2", "kl"])
+def test_a_few_rows_give_the_bits_of_the_whole_matrix(metric, dtype):
+    # Products of fewer rows than the micro-kernel's tile run on smaller tiles (cpu/gemm_kernels.cpp);
+    # each entry must still be the same chain of FMAs, over several K blocks (D = 600 > kc).
+    g = torch.Generator().manual_seed(40)
+    a_mean, a_logvar = torch.randn(13, 600, generator=g, dtype=dtype), torch.randn(13, 600, generator=g, dtype=dtype) * 0.3
+    b_mean, b_logvar = torch.randn(70, 600, generator=g, dtype=dtype), torch.randn(70, 600, generator=g, dtype=dtype) * 0.3
+    whole = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric)
+    for rows in (slice(0, 1), slice(3, 5), slice(2, 5), slice(4, 8), slice(0, 9), slice(1, 13)):
+        part = pcmekit.pairwise_distance(a_mean[rows], a_logvar[rows], b_mean, b_logvar, metric)
+        assert torch.equal(part, whole[rows]), rows
+        values, indices = pcmekit.topk(a_mean[rows], a_logvar[rows], b_mean, b_logvar, 5, metric)
+        ref_values, ref_indices = pcmekit.topk(a_mean, a_logvar, b_mean, b_logvar, 5, metric)
+        assert torch.equal(indices, ref_indices[rows]) and torch.equal(values, ref_values[rows]), rows

@@ -64,6 +64,14 @@ template <>
 const GemmKernel<float>& gemm_kernel<float>();
 template <>
 const GemmKernel<double>& gemm_kernel<double>();
+// The kernel for a product of `rows` rows: a smaller tile where that saves padding rows, with the
+// same results bit for bit (gemm_kernels.cpp).
+template <typename T>
+const GemmKernel<T>& gemm_kernel_for_rows(int64_t rows);
+template <>
+const GemmKernel<float>& gemm_kernel_for_rows<float>(int64_t rows);
+template <>
+const GemmKernel<double>& gemm_kernel_for_rows<double>(int64_t rows);
 
 // Packed B for the whole K of a column block is shared by all threads, so the block width NC is
 // bounded by bytes. It is re-read once per MC rows, at a few bytes per thousand multiply-adds, so
@@ -284,7 +292,7 @@ void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
     detail::gemm_empty_k<T>(m, n, epilogue);
     return;
   }
-  const detail::GemmKernel<T>& kern = detail::gemm_kernel<T>();
+  const detail::GemmKernel<T>& kern = detail::gemm_kernel_for_rows<T>(m);
   const detail::GemmPlan plan =
       detail::plan_gemm(m, n, k, kern.mr, kern.nr, kern.kc, sizeof(T), num_threads);
   const int threads = static_cast<int>(plan.tm * plan.tn);

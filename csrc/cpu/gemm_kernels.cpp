@@ -16,6 +16,7 @@
 #include <cstring>
 #include <numeric>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
@@ -371,7 +372,65 @@ GemmKernel<T> select_kernel() {
   }
 }
 
+// Kernels for a GEMM with fewer rows than the main kernel's tile: MR in {1, 2, 4, 8} (the smallest
+// that holds the rows), the main kernel's NR, kc and packing of B. With the same kc the K blocks
+// are the same, and each sum is the same chain of FMAs whatever MR is, so the result is bit for
+// bit the main kernel's (docs/design.md, "Tolerances"); only the padding rows' work is saved
+// (11 of 12 rows of every tile for a single query). A is packed by the portable loops: it is a few
+// rows, and the vectorised packing handles only the main kernels' panel widths.
+template <typename T>
+std::vector<GemmKernel<T>> select_row_kernels() {
+  constexpr bool f32 = std::is_same_v<T, float>;
+  std::vector<GemmKernel<T>> out;
+  switch (cpu_isa()) {
+#ifdef PCMEKIT_GEMM_X86
+    case Isa::avx512: {
+      using Ops = std::conditional_t<f32, Avx512Float, Avx512Double>;
+      constexpr int64_t kPanel = 24 << 10, kBlock = 288 << 10;
+      out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx512<Ops, 1, 2>, pack_generic<T, 1>, pack_avx512<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx512<Ops, 2, 2>, pack_generic<T, 2>, pack_avx512<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx512<Ops, 4, 2>, pack_generic<T, 4>, pack_avx512<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 8, 2, kPanel, kBlock>(micro_avx512<Ops, 8, 2>, pack_generic<T, 8>, pack_avx512<T, 2 * Ops::W>));
+      break;
+    }
+    case Isa::avx2: {
+      using Ops = std::conditional_t<f32, Avx2Float, Avx2Double>;
+      constexpr int64_t kPanel = 16 << 10, kBlock = 144 << 10;
+      out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx2<Ops, 1, 2>, pack_generic<T, 1>, pack_avx2<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx2<Ops, 2, 2>, pack_generic<T, 2>, pack_avx2<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx2<Ops, 4, 2>, pack_generic<T, 4>, pack_avx2<T, 2 * Ops::W>));
+      break;
+    }
+#endif
+    default: {
+      using Ops = GenericOps<T>;
+      out.push_back(make_kernel<Ops, 1, 2, 16 << 10, 144 << 10>(micro_generic<Ops, 1, 2>, pack_generic<T, 1>, pack_generic<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 2, 2, 16 << 10, 144 << 10>(micro_generic<Ops, 2, 2>, pack_generic<T, 2>, pack_generic<T, 2 * Ops::W>));
+      break;
+    }
+  }
+  return out;
+}
+
+template <typename T>
+const GemmKernel<T>& kernel_for(int64_t rows, const GemmKernel<T>& main) {
+  static const std::vector<GemmKernel<T>> small = select_row_kernels<T>();
+  for (const GemmKernel<T>& k : small)
+    if (rows <= k.mr) return k;
+  return main;
+}
+
 }  // namespace
+
+template <>
+const GemmKernel<float>& gemm_kernel_for_rows<float>(int64_t rows) {
+  return kernel_for<float>(rows, gemm_kernel<float>());
+}
+
+template <>
+const GemmKernel<double>& gemm_kernel_for_rows<double>(int64_t rows) {
+  return kernel_for<double>(rows, gemm_kernel<double>());
+}
 
 template <>
 const GemmKernel<float>& gemm_kernel<float>() {

@@ -74,17 +74,12 @@ def matrix_view(t: Optional[torch.Tensor]) -> Optional[View]:
     """The core's description of a 2-D tensor (None stays None)."""
     if t is None:
         return None
+    # One call per attribute (each costs a few hundred ns, and a small kernel call is tens of us).
+    rows, cols = t.shape
+    row_stride, col_stride = t.stride()
     device = t.device
-    return (
-        t.data_ptr(),
-        t.shape[0],
-        t.shape[1],
-        t.stride(0),
-        t.stride(1),
-        _DTYPE_CODES[t.dtype],
-        _DEVICE_CODES[device.type],
-        device.index or 0,
-    )
+    return (t.data_ptr(), rows, cols, row_stride, col_stride, _DTYPE_CODES[t.dtype], _DEVICE_CODES[device.type],
+            device.index or 0)
 
 
 def dtype_code(dtype: torch.dtype) -> int:

@@ -87,9 +87,12 @@ def check_float_matrix(t: torch.Tensor, name: str, doc: str) -> None:
         raise TypeError(
             f"{name} must be floating point (float32 or float64; float16/bfloat16 on CUDA), got {t.dtype}"
         )
-    if t.device.type == "cpu" and t.dtype in HALF:
-        raise TypeError(f"{name} has dtype {t.dtype}, which pcmekit supports on CUDA only; use float32 or float64 on the CPU")
-    check_device(t.device, name)
+    device = t.device
+    if device.type == "cpu":  # the common case, checked without the general device rules
+        if t.dtype in HALF:
+            raise TypeError(f"{name} has dtype {t.dtype}, which pcmekit supports on CUDA only; use float32 or float64 on the CPU")
+        return
+    check_device(device, name)
 
 
 def check_metric(metric: Any, allowed: Sequence[str] = METRICS) -> str:

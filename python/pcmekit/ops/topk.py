@@ -70,7 +70,7 @@ def _topk_kernel(
     flat_g = None if eps_g is None else eps_g.reshape(-1, eps_g.shape[2])
     views = (matrix_view(q_mean), matrix_view(q_logvar), matrix_view(g_mean), matrix_view(g_logvar))
     workspace = None
-    need = _core.topk_workspace_bytes(score, metric_code, *views, j, k)
+    need = 0 if q_mean.device.type == "cpu" else _core.topk_workspace_bytes(score, metric_code, *views, j, k)
     if need > 0:
         workspace = torch.empty(need, dtype=torch.uint8, device=q_mean.device)
     _core.topk(
