@@ -1,4 +1,4 @@
-"""The README's code for the checkpoint adapters, eccv_caption_eval and pcmekit.zeroshot runs."""
+"""The README's code for the checkpoint adapters, eccv_caption_eval, pcmekit.zeroshot and the open_clip drop-in runs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _block(heading: str) -> str:
     "#### Model outputs: `ProbEmbedding.from_output",
     "#### ECCV Caption, CxC, COCO 1K/5K in one call",
     "### `pcmekit.zeroshot`",
+    "#### open_clip training loops: `losses.OpenCLIPPCMEPPLoss`",
 ])
 def test_readme_block_runs(heading, capsys):
     if "ECCV" in heading:

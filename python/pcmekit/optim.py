@@ -80,6 +80,7 @@ rejected. State dicts keep the reference's layout either way.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -96,7 +97,7 @@ try:
 except ImportError:  # pragma: no cover - very old / very new torch
     _required = object()
 
-__all__ = ["AdamP", "SGDP"]
+__all__ = ["AdamP", "SGDP", "param_groups"]
 
 Params = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
@@ -1107,3 +1108,146 @@ class SGDP(_ProjectedOptimizer):
             torch._foreach_mul_(ps, [self._weight_factor(group, k) for k in kinds])
         torch._foreach_add_(ps, update, alpha=-group["lr"])
         return kinds
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter groups (docs/design.md, "Parameter groups")
+# --------------------------------------------------------------------------------------------
+
+#: Modules whose parameters are never weight-decayed: their weights are scales and shifts of a
+#: normalised activation, not directions in input space (the same reason AdamP never projects
+#: tensors of dimension <= 1).
+_NORM_TYPES: Tuple[type, ...] = tuple(
+    t for t in (
+        torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.LocalResponseNorm,
+        torch.nn.modules.batchnorm._NormBase, getattr(torch.nn, "RMSNorm", None),
+    ) if isinstance(t, type)
+)
+
+#: Parameter names (the last component) that are never weight-decayed: open_clip's temperature and
+#: bias, and the scale and shift of pcmekit's losses (0-dim, so excluded by the ndim rule too).
+DEFAULT_NO_DECAY: Tuple[str, ...] = ("logit_scale", "logit_bias")
+
+
+def _positive_number(name: str, value: Any, *, upper: Optional[float] = None, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"param_groups: {name} must be a real number, got {type(value).__name__}")
+    ok = math.isfinite(value) and (value >= 0 if zero else value > 0) and (upper is None or value <= upper)
+    if not ok:
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"param_groups: {name} must be finite and {bound}{'' if upper is None else f' and <= {upper:g}'}, got {value}")
+    return float(value)
+
+
+def param_groups(
+    model: torch.nn.Module,
+    weight_decay: float,
+    *,
+    lr: float,
+    layer_decay: Optional[float] = None,
+    block_pattern: str = r"resblocks\.(\d+)\.",
+    lr_scale: Optional[Dict[str, float]] = None,
+    no_decay: Iterable[str] = DEFAULT_NO_DECAY,
+) -> List[Dict[str, Any]]:
+    r"""Parameter groups for :class:`AdamP` / :class:`SGDP` (or any torch optimizer): which
+    parameters are weight-decayed, and each one's learning rate (docs/design.md, "Parameter groups").
+
+    Weight decay ``weight_decay`` applies to every trainable parameter except: those of dimension
+    < 2 (biases, norm scales, scalars such as a loss's ``scale`` and ``shift``), those named
+    ``bias``, those of normalisation layers (LayerNorm, GroupNorm, BatchNorm / InstanceNorm,
+    LocalResponseNorm, RMSNorm and their subclasses, such as open_clip's LayerNorm), and those
+    whose last name component is in ``no_decay`` (default ``logit_scale``, ``logit_bias``).
+
+    Learning rate: ``lr`` times the ``lr_scale`` of the longest prefix of the parameter's name
+    found in it (1 if none; PCME++ scales its image and text backbones by 0.01 and 0.1), times,
+    with ``layer_decay``, ``layer_decay ** (L - b)`` for a parameter of block ``b`` of a tower of
+    ``L`` blocks -- PCME++'s layer-wise decay (its ``layerwise_lr_decay``, 0.7): the last block
+    gets ``layer_decay``, the first ``layer_decay ** L``. A block is what ``block_pattern``
+    matches in the name, its index the pattern's one group (default ``resblocks.<b>.``, open_clip's
+    and CLIP's transformers); a tower is everything with the same name before the match (so
+    ``visual.transformer.resblocks.*`` and ``transformer.resblocks.*`` are two towers), and ``L``
+    is its largest block index + 1, counting frozen parameters too. Parameters outside blocks
+    (embeddings, final norms, projections, heads) get no layer decay, as in PCME++.
+
+    Args:
+        model: the module whose parameters to group; put the loss in it too when the loss has
+            parameters (e.g. ``torch.nn.ModuleDict({"model": model, "loss": loss})``).
+        weight_decay: the decay of the decayed parameters (>= 0).
+        lr: the base learning rate (> 0).
+        layer_decay: in (0, 1], or ``None`` for no layer-wise decay.
+        block_pattern: a regular expression with one group, the block index.
+        lr_scale: ``{name prefix: factor > 0}``; every prefix must match some parameter.
+        no_decay: last name components never decayed.
+
+    Returns a list of dicts ``{"params", "param_names", "lr", "weight_decay"}``, one per distinct
+    ``(lr, weight_decay)`` in order of first appearance; frozen parameters
+    (``requires_grad=False``) are left out, and a parameter shared by two modules appears once.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"param_groups: model must be a torch.nn.Module, got {type(model).__name__}")
+    weight_decay = _positive_number("weight_decay", weight_decay, zero=True)
+    lr = _positive_number("lr", lr)
+    if layer_decay is not None:
+        layer_decay = _positive_number("layer_decay", layer_decay, upper=1.0)
+    if not isinstance(block_pattern, str):
+        raise TypeError(f"param_groups: block_pattern must be a str, got {type(block_pattern).__name__}")
+    try:
+        block_re = re.compile(block_pattern)
+    except re.error as err:
+        raise ValueError(f"param_groups: block_pattern {block_pattern!r} is not a valid regular expression: {err}") from None
+    if block_re.groups != 1:
+        raise ValueError(f"param_groups: block_pattern must have exactly one group (the block index), "
+                         f"{block_pattern!r} has {block_re.groups}")
+    if isinstance(no_decay, str):
+        raise TypeError(f"param_groups: no_decay must be an iterable of names, not a str ({no_decay!r})")
+    skip = set(no_decay)
+    scales = dict(lr_scale or {})
+    for prefix, factor in scales.items():
+        if not isinstance(prefix, str):
+            raise TypeError(f"param_groups: lr_scale keys must be name prefixes (str), got {type(prefix).__name__}")
+        _positive_number(f"lr_scale[{prefix!r}]", factor)
+
+    named = list(model.named_parameters())
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
+    }
+    unmatched = [prefix for prefix in scales if not any(name.startswith(prefix) for name, _ in named)]
+    if unmatched:
+        raise ValueError(f"param_groups: lr_scale prefixes {unmatched} match no parameter of the model "
+                         f"(names look like {[name for name, _ in named[:3]]})")
+
+    def block_of(name: str) -> Optional[Tuple[str, int]]:
+        match = block_re.search(name)
+        if match is None:
+            return None
+        try:
+            return name[: match.start()], int(match.group(1))
+        except ValueError:
+            raise ValueError(f"param_groups: block_pattern's group must match an integer, got "
+                             f"{match.group(1)!r} in {name!r}") from None
+
+    depth: Dict[str, int] = {}
+    for name, _ in named:
+        found = block_of(name)
+        if found is not None:
+            depth[found[0]] = max(depth.get(found[0], 0), found[1] + 1)
+
+    groups: Dict[Tuple[float, float], Dict[str, Any]] = {}
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        decayed = not (p.ndim < 2 or leaf == "bias" or leaf in skip or id(p) in norm_params)
+        factor = 1.0
+        matches = [prefix for prefix in scales if name.startswith(prefix)]
+        if matches:
+            factor = scales[max(matches, key=len)]
+        p_lr = lr * factor
+        found = block_of(name)
+        if layer_decay is not None and found is not None:
+            p_lr *= layer_decay ** (depth[found[0]] - found[1])
+        key = (p_lr, weight_decay if decayed else 0.0)
+        group = groups.setdefault(key, {"params": [], "param_names": [], "lr": key[0], "weight_decay": key[1]})
+        group["params"].append(p)
+        group["param_names"].append(name)
+    return list(groups.values())

@@ -21,7 +21,7 @@ raises (the offending one with its own message), instead of the others hanging.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -31,7 +31,7 @@ from .._distributed import collective_device, exchange_status, gather_rows
 from ..embedding import ProbEmbedding
 from ..ops._args import check_float_matrix, gaussians_of, out_dtype
 
-__all__ = ["Batch", "prepare_batch", "process_group_info", "compute_dtype"]
+__all__ = ["Batch", "LocalBatch", "prepare_batch", "prepare_local_batch", "process_group_info", "compute_dtype"]
 
 
 def process_group_info(owner: str) -> Tuple[int, int]:
@@ -133,8 +133,69 @@ def prepare_batch(
         _check_not_empty(owner, batch.img_mean.shape[0], batch.txt_mean.shape[0])
         return batch
 
-    rank, world = process_group_info(owner)
+    rank, local, b_img, b_txt, any_matched = _exchange_local(owner, img, txt, matched, need_logvar, positive_lines)
+    img_mean, img_logvar, txt_mean, txt_logvar, m = local
+    g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar = _gather_embeddings(local, b_img, b_txt, rank, need_logvar)
+
+    g_matched = None
+    if any_matched:
+        if m is None:  # this rank's block is the identity (it is square: checked above)
+            m = torch.eye(b_img[rank], dtype=compute_dtype(img_mean.dtype), device=img_mean.device)
+        with torch.no_grad():
+            flat = gather_rows([m.reshape(-1, 1)], [[bi * bt] for bi, bt in zip(b_img, b_txt)], rank)[0]
+        blocks, offset = [], 0
+        for bi, bt in zip(b_img, b_txt):
+            blocks.append(flat[offset : offset + bi * bt].view(bi, bt))
+            offset += bi * bt
+        g_matched = torch.block_diag(*blocks)
+    return Batch(g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar, g_matched)
+
+
+class LocalBatch(NamedTuple):
+    """What a ``local_loss`` rank computes on: its own rows and every rank's embeddings.
+
+    ``img_mean`` ... ``txt_logvar`` are this rank's ``[b_img, D]`` / ``[b_txt, D]`` tensors (its
+    rows of the global matrices), ``all_*`` the global batch (rank 0's rows first; gradients flow
+    back to their owners), ``img_offset`` / ``txt_offset`` where this rank's rows start in it, and
+    ``matched`` this rank's ``[b_img, b_txt]`` block (``None`` for the identity): the global match
+    matrix is block-diagonal, so row i of it is this block's row placed at ``txt_offset``."""
+
+    img_mean: torch.Tensor
+    img_logvar: torch.Tensor
+    txt_mean: torch.Tensor
+    txt_logvar: torch.Tensor
+    all_img_mean: torch.Tensor
+    all_img_logvar: torch.Tensor
+    all_txt_mean: torch.Tensor
+    all_txt_logvar: torch.Tensor
+    img_offset: int
+    txt_offset: int
+    matched: Optional[torch.Tensor]
+
+
+def prepare_local_batch(owner: str, img: Any, txt: Any, matched: Any) -> LocalBatch:
+    """Validates one rank's inputs and all-gathers the embeddings (with gradients) for a loss that
+    computes only this rank's rows against the global columns (``local_loss``). ``matched`` is
+    not gathered: a rank's rows of the block-diagonal global matrix are its own block."""
+    rank, local, b_img, b_txt, _ = _exchange_local(owner, img, txt, matched, True, False)
+    img_mean, img_logvar, txt_mean, txt_logvar, m = local
+    assert img_logvar is not None and txt_logvar is not None  # _validate_local checked
+    g = _gather_embeddings(local, b_img, b_txt, rank, True)
+    assert g[1] is not None and g[3] is not None
+    return LocalBatch(
+        img_mean, img_logvar, txt_mean, txt_logvar, g[0], g[1], g[2], g[3], sum(b_img[:rank]), sum(b_txt[:rank]), m
+    )
+
+
+def _exchange_local(
+    owner: str, img: Any, txt: Any, matched: Any, need_logvar: bool, positive_lines: bool
+) -> Tuple[int, Tuple[Any, ...], List[int], List[int], bool]:
+    """Validates this rank's inputs and exchanges (rows, D, dtype, status) with every rank; raises
+    on every rank when any rank rejected its inputs. Returns (rank, local tensors, per-rank image
+    rows, per-rank caption rows, whether any rank passed a ``matched``)."""
+    rank, _ = process_group_info(owner)
     error: Optional[Exception] = None
+    local: Optional[Tuple[Any, ...]]
     try:
         local = _validate_local(owner, img, txt, matched, need_logvar, positive_lines)
     except (TypeError, ValueError) as err:
@@ -148,11 +209,12 @@ def prepare_batch(
                 break
         meta = [0, 0, 0, 0, -1]
     else:
-        img_mean, img_logvar, txt_mean, txt_logvar, m = local
+        img_mean, _, txt_mean, _, m = local
         hint = img_mean.device
         meta = [img_mean.shape[0], txt_mean.shape[0], img_mean.shape[1], int(m is not None),
                 dtype_code(img_mean.dtype)]
     metas = exchange_status(meta, error, collective_device(hint), f"{owner}(gather=True)")
+    assert local is not None  # exchange_status raised otherwise
     dims = {mt[2] for mt in metas}
     dtypes = {mt[4] for mt in metas}
     if len(dims) > 1 or len(dtypes) > 1:
@@ -163,31 +225,22 @@ def prepare_batch(
     b_img = [mt[0] for mt in metas]
     b_txt = [mt[1] for mt in metas]
     _check_not_empty(owner, sum(b_img), sum(b_txt))
+    return rank, local, b_img, b_txt, any(mt[3] for mt in metas)
 
-    g_img_logvar: Optional[torch.Tensor]
-    g_txt_logvar: Optional[torch.Tensor]
+
+def _gather_embeddings(
+    local: Tuple[Any, ...], b_img: List[int], b_txt: List[int], rank: int, need_logvar: bool
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+    """The global (img_mean, img_logvar, txt_mean, txt_logvar), in one collective."""
+    img_mean, img_logvar, txt_mean, txt_logvar, _ = local
     if need_logvar:
-        assert img_logvar is not None and txt_logvar is not None  # _validate_local checked
         tensors = [img_mean, img_logvar, txt_mean, txt_logvar]
         rows = [[bi, bi, bt, bt] for bi, bt in zip(b_img, b_txt)]
-        g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar = gather_rows(tensors, rows, rank)
-    else:
-        rows = [[bi, bt] for bi, bt in zip(b_img, b_txt)]
-        g_img_mean, g_txt_mean = gather_rows([img_mean, txt_mean], rows, rank)
-        g_img_logvar = g_txt_logvar = None
-
-    g_matched = None
-    if any(mt[3] for mt in metas):
-        if m is None:  # this rank's block is the identity (it is square: checked above)
-            m = torch.eye(b_img[rank], dtype=compute_dtype(img_mean.dtype), device=img_mean.device)
-        with torch.no_grad():
-            flat = gather_rows([m.reshape(-1, 1)], [[bi * bt] for bi, bt in zip(b_img, b_txt)], rank)[0]
-        blocks, offset = [], 0
-        for bi, bt in zip(b_img, b_txt):
-            blocks.append(flat[offset : offset + bi * bt].view(bi, bt))
-            offset += bi * bt
-        g_matched = torch.block_diag(*blocks)
-    return Batch(g_img_mean, g_img_logvar, g_txt_mean, g_txt_logvar, g_matched)
+        gi, gv, gt, gw = gather_rows(tensors, rows, rank)
+        return gi, gv, gt, gw
+    rows = [[bi, bt] for bi, bt in zip(b_img, b_txt)]
+    gi, gt = gather_rows([img_mean, txt_mean], rows, rank)
+    return gi, None, gt, None
 
 
 def _check_not_empty(owner: str, b_img: int, b_txt: int) -> None:

@@ -27,9 +27,9 @@ import torch
 
 from ..embedding import ProbEmbedding
 from ..ops.pairwise import pairwise_distance
-from ._distributed import compute_dtype, prepare_batch
+from ._distributed import Batch, compute_dtype, prepare_batch
 
-__all__ = ["PCMEPPLoss", "vib_kl", "drop_exploded_kl"]
+__all__ = ["PCMEPPLoss", "pcmepp_terms", "vib_terms", "vib_kl", "drop_exploded_kl"]
 
 KL_DROP_THRESHOLD = 1e4
 
@@ -246,28 +246,47 @@ class PCMEPPLoss(torch.nn.Module):
         self, img: ProbEmbedding, txt: ProbEmbedding, matched: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         batch = prepare_batch("PCMEPPLoss", img, txt, matched, gather=self.gather)
-        csd = pairwise_distance(batch.img_mean, batch.img_logvar, batch.txt_mean, batch.txt_logvar, metric="csd")
-        loss, bce, pp, n_pseudo = _PCMEPPObjective.apply(csd, self.scale, self.shift, batch.matched, self.pp_weight)
+        matching, vib_term, parts = pcmepp_terms(batch, self.scale, self.shift, self.vib_weight, self.pp_weight)
+        return (matching + vib_term if self.vib_weight else matching), parts
 
-        assert batch.img_logvar is not None and batch.txt_logvar is not None  # prepare_batch checked
-        kl_img = vib_kl(batch.img_mean, batch.img_logvar)
-        kl_txt = vib_kl(batch.txt_mean, batch.txt_logvar)
-        (used_img, dropped_img), (used_txt, dropped_txt) = drop_exploded_kl(kl_img), drop_exploded_kl(kl_txt)
-        vib = used_img + used_txt
-        if self.vib_weight:
-            loss = loss + self.vib_weight * vib
-        parts = {
-            "bce": bce.detach(),
-            "vib": vib.detach(),
-            "pp": pp.detach(),
-            "kl_img": kl_img.detach(),
-            "kl_txt": kl_txt.detach(),
-            "vib_dropped": dropped_img.to(torch.int64) + dropped_txt.to(torch.int64),
-            "n_pseudo_positives": n_pseudo.detach(),
-            "scale": self.scale.detach().clone(),
-            "shift": self.shift.detach().clone(),
-        }
-        return loss, parts
+
+def pcmepp_terms(
+    batch: Batch, scale: torch.Tensor, shift: torch.Tensor, vib_weight: float, pp_weight: float
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """The PCME++ objective on a prepared batch, with ``scale`` and ``shift`` given as 0-dim
+    tensors (a loss's own parameters, or a model's ``logit_scale`` / ``logit_bias``).
+
+    Returns ``(matching, vib_term, parts)``: ``matching = bce + pp_weight * pp`` and
+    ``vib_term = vib_weight * vib``, both differentiable (the loss is their sum), and the detached
+    ``parts`` that :class:`PCMEPPLoss` documents."""
+    csd = pairwise_distance(batch.img_mean, batch.img_logvar, batch.txt_mean, batch.txt_logvar, metric="csd")
+    matching, bce, pp, n_pseudo = _PCMEPPObjective.apply(csd, scale, shift, batch.matched, pp_weight)
+    assert batch.img_logvar is not None and batch.txt_logvar is not None  # prepare_batch checked
+    vib_term, parts = vib_terms(batch.img_mean, batch.img_logvar, batch.txt_mean, batch.txt_logvar, vib_weight)
+    parts.update(bce=bce.detach(), pp=pp.detach(), n_pseudo_positives=n_pseudo.detach(),
+                 scale=scale.detach().clone(), shift=shift.detach().clone())
+    return matching, vib_term, parts
+
+
+def vib_terms(
+    img_mean: torch.Tensor, img_logvar: torch.Tensor, txt_mean: torch.Tensor, txt_logvar: torch.Tensor,
+    vib_weight: float,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """``vib_weight * (KL_img + KL_txt)`` after the drop rule (:func:`drop_exploded_kl`; a 0-dim
+    zero when ``vib_weight`` is 0) and the detached parts ``vib``, ``kl_img``, ``kl_txt``,
+    ``vib_dropped``."""
+    kl_img = vib_kl(img_mean, img_logvar)
+    kl_txt = vib_kl(txt_mean, txt_logvar)
+    (used_img, dropped_img), (used_txt, dropped_txt) = drop_exploded_kl(kl_img), drop_exploded_kl(kl_txt)
+    vib = used_img + used_txt
+    term = vib_weight * vib if vib_weight else torch.zeros_like(vib)
+    parts = {
+        "vib": vib.detach(),
+        "kl_img": kl_img.detach(),
+        "kl_txt": kl_txt.detach(),
+        "vib_dropped": dropped_img.to(torch.int64) + dropped_txt.to(torch.int64),
+    }
+    return term, parts
 
 
 def _check_number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> None:
