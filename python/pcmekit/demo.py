@@ -342,10 +342,10 @@ def _plots(out: Path, split: Any, results: Dict[str, Dict[str, Any]], bench_rows
 
     zs = [n for n in results if results[n].get("zeroshot")]
     if zs:
-        fig, axes = plt.subplots(1, 2 * len(zs), figsize=(5.0 * 2 * len(zs), 3.9), squeeze=False)
-        for col, name in enumerate(zs):
+        fig, axes = plt.subplots(len(zs), 2, figsize=(11.0, 3.9 * len(zs)), squeeze=False)
+        for row, name in enumerate(zs):
             z = results[name]["zeroshot"]
-            ax = axes[0][2 * col]
+            ax = axes[row][0]
             n_bins = len(z["bins_all"]["bin_value"])
             x = np.arange(1, n_bins + 1)
             ax.bar(x - 0.2, z["bins_all"]["bin_value"], width=0.4, color="#999999",
@@ -354,12 +354,14 @@ def _plots(out: Path, split: Any, results: Dict[str, Dict[str, Any]], bench_rows
                    label=f"{z['dropped']} most uncertain dropped ({z['accuracy_filtered']:.1f} %)")
             ax.axhline(10.0, color="k", lw=0.6, ls=":")
             ax.set_xticks(x)
-            ax.set_ylim(0, 105)
+            ax.set_ylim(0, 130)
+            ax.set_yticks(range(0, 101, 20))
             ax.set_xlabel("image uncertainty bin (1 = most certain)")
             ax.set_ylabel("zero-shot accuracy (%)")
-            ax.set_title(f"{MODEL_LABELS.get(name, name)}: accuracy per image-uncertainty bin", fontsize=9)
-            ax.legend(fontsize=7, loc="lower left")
-            ax = axes[0][2 * col + 1]
+            ax.set_title(f"{MODEL_LABELS.get(name, name)}: accuracy per image-uncertainty bin "
+                         "(dotted: chance)", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left", ncol=2)
+            ax = axes[row][1]
             c = z["curve"]
             ax.plot(c["dropped"], c["uncertainty"], color="#1f77b4", marker=".", label="most uncertain dropped")
             ax.plot(c["dropped"], c["random"], color="#999999", marker=".", label="dropped at random (mean of 5)")

@@ -447,7 +447,8 @@ def coco_test_status(split: Any) -> Tuple[bool, str]:
     pairs say (docs/design.md, "Frozen-feature adapters")."""
     image_ids, caption_ids = getattr(split, "image_ids", None), getattr(split, "caption_ids", None)
     if image_ids is None or caption_ids is None:
-        return False, "pairs.json gives no image_ids and caption_ids"
+        missing = " and ".join(n for n, v in (("image_ids", image_ids), ("caption_ids", caption_ids)) if v is None)
+        return False, f"pairs.json gives no {missing}"
     try:
         coco_img, coco_cap, coco_t2i = _coco_test_ids()
     except ImportError:
