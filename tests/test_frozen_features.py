@@ -255,11 +255,15 @@ def test_bad_pairs_json_names_the_key_expected_and_got(small):
         ({"pairs": pairs, "test_images": [0, 1, 2, 3, 4]}, "'test_images' leaves 1 paired image"),
         ({"pairs": pairs, "split": "x"}, r"unknown key\(s\) \['split'\]"),
         ({"images": []}, "expected a 'pairs' list of \\[image_row, text_row\\], got keys \\['images'\\]"),
+        ({"pairs": []}, r"'pairs' must list at least one \[image_row, text_row\] pair, got an empty list"),
+        ({"pairs": {"0": 0}}, r"'pairs' must be a list of \[image_row, text_row\], got dict"),
     ]
     for k, (content, match) in enumerate(cases):
         files = _write(tmp / f"case{k}", images, texts, [])
         (tmp / f"case{k}" / "pairs.json").write_text(json.dumps(content))
         _expect(files, r"pairs file '.*pairs.json': " + match)
+    (tmp / "case0" / "pairs.json").write_text(json.dumps(pairs))        # a bare list is the pairs
+    assert load_feature_pairs(*files[:2], str(tmp / "case0" / "pairs.json")).pairs.tolist() == pairs
     (tmp / "case0" / "pairs.json").write_text("{not json")
     _expect(files[:2] + [str(tmp / "case0" / "pairs.json")], "pairs file '.*': expected JSON, got a parse error")
 

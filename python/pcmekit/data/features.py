@@ -174,9 +174,10 @@ def _read_pairs_json(path: Path) -> Dict[str, Any]:
 
 
 def _pairs(value: Any, where: str, n_img: int, n_txt: int, image_file: str, text_file: str) -> np.ndarray:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where} must be a non-empty list of [image_row, text_row], got "
-                         f"{value!r}" if not isinstance(value, list) else f"{where} must not be empty")
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be a list of [image_row, text_row], got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{where} must list at least one [image_row, text_row] pair, got an empty list")
     out = np.empty((len(value), 2), dtype=np.int64)
     for p, pair in enumerate(value):
         if (not isinstance(pair, list) or len(pair) != 2
