@@ -585,7 +585,7 @@ def evaluate_features(
         progress: a progress bar over the queries on stderr (default: when stderr is a terminal).
 
     Returns:
-        ``{"i2t": {R@K, R-P, mAP@R, n_queries}, "t2i": {...}, "RSUM", "metric", "k", "num_images",
+        ``{"i2t": {R@K, R-P, mAP@R, n_queries}, "t2i": {...}, "RSUM", "metric", "k" (per direction), "num_images",
         "num_captions", "uncertainty": {"i2t_bins", "t2i_bins"}, "eccv_caption_note"}`` (percent, as
         :func:`pcmekit.metrics.retrieval_metrics`), and ``"eccv_caption"`` (fractions, as the
         eccv-caption package returns them) when it applies.
@@ -612,8 +612,8 @@ def evaluate_features(
     i2t = _ranked_topk(img, txt, min(want, n_cap), metric, criterion, num_samples, seed, bar, chunk)
     t2i = _ranked_topk(txt, img, min(want, n_img), metric, criterion, num_samples, seed + 1, bar, chunk)
     bar.close()
-    out: Dict[str, Any] = {"metric": metric, "k": int(min(want, max(n_img, n_cap))), "num_images": n_img,
-                           "num_captions": n_cap}
+    out: Dict[str, Any] = {"metric": metric, "k": {"i2t": int(i2t.shape[1]), "t2i": int(t2i.shape[1])},
+                           "num_images": n_img, "num_captions": n_cap}
     per_query: Dict[str, Any] = {}
     for side, ranked, truth, n_gallery in (("i2t", i2t, split.positives_i2t, n_cap),
                                            ("t2i", t2i, split.positives_t2i, n_img)):
