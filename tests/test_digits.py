@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +180,75 @@ def test_bad_arguments():
         load_digits_captions(test_fraction=1.5)
     with pytest.raises(ValueError, match=r"images must be \[N, H, W\]"):
         measure_facts(np.zeros((3, 8)), np.zeros(3))
+
+
+def test_class_prompts_are_true_of_their_class():
+    from pcmekit.data.digits import NAMING_KINDS, class_prompts
+
+    prompts, kinds = class_prompts()
+    assert len(prompts) == 10 and all(len(row) == len(kinds) == 35 for row in prompts)
+    assert sum(k not in NAMING_KINDS for k in kinds) == 9
+    for d, row in enumerate(prompts):
+        assert len(set(row)) == 35
+        for text, kind in zip(row, kinds):
+            p = Predicate.from_text(text)
+            assert (p.digits >> d) & 1, text                          # true of some image of digit d
+            assert (p.digits == 1 << d) == (kind in NAMING_KINDS), text
+
+
+class _StubModel(torch.nn.Module):
+    """Gaussians with known answers for pcmekit.demo.digits_zeroshot. Prompt p of class c (the
+    class-major order in which digits_zeroshot encodes them): a digit-naming prompt sits at e_c
+    with variance 0.01; a prompt that does not name the digit sits at 10 e_{c+1} with variance 1,
+    so averaging every prompt pulls each class onto the next one. Images sit at e_digit
+    (variance 0.01), except every 4th, which sits at e_{digit+5} with variance 1."""
+
+    def __init__(self, split, kinds):
+        super().__init__()
+        from pcmekit.data.digits import NAMING_KINDS
+
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.split = split
+        self.general = torch.tensor([k not in NAMING_KINDS for k in kinds])
+
+    def encode_text(self, tokens, lengths):
+        from pcmekit import ProbEmbedding
+
+        n_prompts = len(self.general)
+        rows = torch.arange(len(tokens))
+        cls, p = rows // n_prompts, rows % n_prompts
+        general = self.general[p]
+        target = torch.where(general, (cls + 1) % 10, cls)
+        mean = torch.nn.functional.one_hot(target, 10).double() * torch.where(general, 10.0, 1.0)[:, None].double()
+        logvar = torch.where(general, 0.0, math.log(0.01))[:, None].double().expand(-1, 10)
+        return ProbEmbedding(mean, logvar)
+
+    def encode_image(self, images):
+        from pcmekit import ProbEmbedding
+
+        assert images is self.split.images
+        digit = self.split.digit
+        odd_one = torch.arange(len(digit)) % 4 == 0
+        target = torch.where(odd_one, (digit + 5) % 10, digit)
+        logvar = torch.where(odd_one, 0.0, math.log(0.01))[:, None].double().expand(-1, 10)
+        return ProbEmbedding(torch.nn.functional.one_hot(target, 10).double(), logvar)
+
+
+def test_demo_zeroshot_filters_the_uncertain_prompts(dataset):
+    from pcmekit.data.digits import class_prompts
+    from pcmekit.demo import digits_zeroshot
+
+    split = dataset.test
+    model = _StubModel(split, class_prompts()[1])
+    z = digits_zeroshot(model, split, dataset.vocab, drop=0.3, random_repeats=3)
+    good = 100.0 * float((torch.arange(split.num_images) % 4 != 0).double().mean())
+    assert z["dropped"] == 10 and z["prompts_per_class"] == 35 and z["images"] == split.num_images
+    assert z["accuracy_all"] == 0.0                    # every class is pulled onto the next
+    assert z["accuracy_filtered"] == pytest.approx(good)
+    assert z["dropped_general"] == pytest.approx(0.9)  # the 9 vague prompts and 1 naming prompt of each class
+    assert z["curve"]["uncertainty"][9:] == [pytest.approx(good)] * 26
+    assert z["accuracy_random_drop"] < 40
+    assert z["prompt_uncertainty_by_kind"]["digit"] == pytest.approx(1.0)
+    assert z["prompt_uncertainty_by_kind"]["full"] == pytest.approx(0.01)
+    bins = z["bins_filtered"]                          # the uncertain images are the wrong ones
+    assert bins["bin_value"][0] == 100.0 and bins["bin_value"][-1] == 0.0 and bins["spearman"] < -0.8

@@ -1,4 +1,5 @@
-"""The README's code for the checkpoint adapters, eccv_caption_eval, pcmekit.zeroshot and the open_clip drop-in runs."""
+"""The README's code for the checkpoint adapters, eccv_caption_eval, pcmekit.zeroshot, the open_clip
+drop-in and the frozen-feature adapters runs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def _block(heading: str) -> str:
     "#### ECCV Caption, CxC, COCO 1K/5K in one call",
     "### `pcmekit.zeroshot`",
     "#### open_clip training loops: `losses.OpenCLIPPCMEPPLoss`",
+    "### Frozen features: probabilistic adapters",
 ])
 def test_readme_block_runs(heading, capsys):
     if "ECCV" in heading:

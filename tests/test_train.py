@@ -179,5 +179,9 @@ def test_cli_train_eval_demo(tmp_path, capsys):
     readme = (tmp_path / "demo" / "README.md").read_text()
     assert "| PCME++ | original |" in readme and "Spearman" in readme
     assert (tmp_path / "demo" / "uncertainty_vs_plausible.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "demo" / "results.json").read_text())["results"]["pcmepp"]["plausible"]["RSUM"] > 0
+    assert "## Zero-shot classification with uncertainty" in readme and "![Zero-shot accuracy" in readme
+    assert (tmp_path / "demo" / "zeroshot_uncertainty.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "demo" / "results.json").read_text())["results"]["pcmepp"]
+    assert report["plausible"]["RSUM"] > 0
+    assert 0 <= report["zeroshot"]["accuracy_filtered"] <= 100 and report["zeroshot"]["dropped"] == 10
     assert cli.main(["demo", "--quick", "--losses", "svm", "--out", str(tmp_path / "d2")]) == 2

@@ -4,6 +4,9 @@
 * ``pcmekit bench [SUITE ...]`` -- kernels against pure-PyTorch baselines.
 * ``pcmekit train --out CKPT`` / ``pcmekit eval CKPT`` -- train / evaluate a model on the captioned
   digits (:mod:`pcmekit.data.digits`; needs scikit-learn).
+* ``pcmekit train --features IMAGE.npy TEXT.npy PAIRS.json --out CKPT`` -- probabilistic adapters on
+  frozen features (:func:`pcmekit.train.fit_adapters`), evaluated on the held-out pairs;
+  ``pcmekit eval CKPT --features ...`` evaluates such a checkpoint again.
 * ``pcmekit demo --out DIR`` -- the end-to-end demo report (:mod:`pcmekit.demo`).
 """
 
@@ -13,7 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -38,15 +41,25 @@ def _parser() -> argparse.ArgumentParser:
 
     from .train import LOSSES
 
-    train = sub.add_parser("train", help="train a model on the captioned digits (checkpoint after every epoch)")
+    train = sub.add_parser("train", help="train a model on the captioned digits, or probabilistic adapters on frozen "
+                                         "features with --features (checkpoint after every epoch)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    train.add_argument("--features", nargs=3, type=Path, default=None, metavar=("IMAGE_NPY", "TEXT_NPY", "PAIRS_JSON"),
+                       help="train adapters on these frozen features instead of the digits "
+                            "(pairs.json format: docs/design.md, 'Frozen-feature adapters')")
+    train.add_argument("--hidden", type=int, default=512, help="--features: width of the adapters' MLPs")
+    train.add_argument("--test-fraction", type=float, default=0.2,
+                       help="--features: share of the paired images held out when pairs.json has no test_images")
+    train.add_argument("--json", type=Path, default=None, help="--features: also write the evaluation to this file")
     train.add_argument("--loss", choices=list(LOSSES), default="pcmepp", help="training loss (default: pcmepp)")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--head", choices=["gpo", "pie"], default="gpo", help="gpo: PCME++'s head; pie: PCME's")
-    train.add_argument("--embed-dim", type=int, default=32)
+    train.add_argument("--head", choices=["gpo", "pie"], default="gpo", help="digits: gpo: PCME++'s head; pie: PCME's")
+    train.add_argument("--embed-dim", type=int, default=None,
+                       help="embedding size (digits: 32; --features: the features' size when image and text "
+                            "features have the same size, else 256)")
     train.add_argument("--width", type=int, default=64)
     train.add_argument("--seed", type=int, default=0, help="seeds the split, the model and the batches")
     train.add_argument("--resume", action="store_true", help="continue from --out if it exists")
@@ -59,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", default=None,
                     help="ranking score (default: csd for PCME++, match_prob for PCME, l2 for InfoNCE)")
     ev.add_argument("--json", type=Path, default=None, help="also write all numbers to this JSON file")
+    ev.add_argument("--features", nargs=3, type=Path, default=None, metavar=("IMAGE_NPY", "TEXT_NPY", "PAIRS_JSON"),
+                    help="for an adapter checkpoint: the features to evaluate on (their test split)")
+    ev.add_argument("--test-fraction", type=float, default=0.2,
+                    help="with --features: as in train (the same value and seed give the same split)")
 
     demo = sub.add_parser("demo", help="train PCME++ / PCME / InfoNCE on captioned digits and write a report")
     demo.add_argument("--out", type=Path, default=Path("results/demo"), help="report folder")
@@ -110,8 +127,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    if args.features is not None:
+        return _train_features(args)
     data = load_digits_captions(seed=args.seed)
-    model = build_digits_model(len(data.vocab), embed_dim=args.embed_dim, width=args.width, head=args.head,
+    model = build_digits_model(len(data.vocab), embed_dim=args.embed_dim or 32, width=args.width, head=args.head,
                                seed=args.seed)
     result = fit(model, data.train, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  weight_decay=args.weight_decay, seed=args.seed, checkpoint=args.out, resume=args.resume,
@@ -122,6 +141,85 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feature_table(rows: "dict[str, dict]") -> str:
+    """Markdown table of :func:`pcmekit.train.evaluate_features` results, one row per model."""
+    lines = ["| adapters | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | RSUM |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, res in rows.items():
+        cells = [f"{res[side].get(f'R@{K}', float('nan')):.1f}" for side in ("i2t", "t2i") for K in (1, 5, 10)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res.get('RSUM', float('nan')):.1f} |")
+    return "\n".join(lines)
+
+
+def _eccv_lines(res: dict) -> List[str]:
+    scores = res.get("eccv_caption")
+    if not scores:
+        return [f"ECCV Caption metrics: not computed ({res.get('eccv_caption_note')})"]
+    keys = ("eccv_map_at_r", "eccv_rprecision", "eccv_r1", "cxc_r1", "coco_1k_r1", "coco_5k_r1")
+    return ["ECCV Caption / CxC / COCO (eccv-caption, percent): " + ", ".join(
+        f"{key} i2t {100 * scores[key]['i2t']:.1f} t2i {100 * scores[key]['t2i']:.1f}" for key in keys if key in scores)]
+
+
+def _report_features(results: "dict[str, dict]", json_path: Optional[Path]) -> None:
+    print(_feature_table(results))
+    print(*_eccv_lines(list(results.values())[-1]), sep="\n")
+    if json_path is not None:
+        from .demo import _jsonable
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_jsonable(results), indent=1))
+
+
+def _train_features(args: argparse.Namespace) -> int:
+    from .data.features import load_feature_pairs
+    from .models import build_adapter_model
+    from .train import DEFAULT_METRIC, evaluate_features, fit_adapters
+
+    features = load_feature_pairs(*args.features, test_fraction=args.test_fraction, seed=args.seed)
+    print(f"pcmekit train: {features.train.num_images} train / {features.test.num_images} test images, "
+          f"{features.train.num_captions} / {features.test.num_captions} texts, features "
+          f"{features.image_dim} (image) / {features.text_dim} (text)")
+    progress = False if args.no_progress else None
+    result = fit_adapters(features, embed_dim=args.embed_dim, hidden=args.hidden, loss=args.loss, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                          checkpoint=args.out, resume=args.resume, progress=progress, log=print)
+    metric = DEFAULT_METRIC[args.loss]
+    config: Dict[str, Any] = dict(getattr(result.model, "config", None) or {})
+    config.pop("builder", None)
+    untrained = build_adapter_model(**config)   # the same initialisation, before any step
+    results = {
+        "untrained": evaluate_features(untrained, features.test, metric=metric, criterion=result.criterion,
+                                       eccv=False, progress=progress),
+        "trained": evaluate_features(result.model, features.test, metric=metric, criterion=result.criterion,
+                                     progress=progress),
+    }
+    print(f"pcmekit train: {result.steps} steps; checkpoint {args.out}; test split ranked by {metric} (percent):")
+    _report_features(results, args.json)
+    return 0
+
+
+def _eval_features(args: argparse.Namespace, model: torch.nn.Module, criterion: torch.nn.Module,
+                   state: dict) -> int:
+    from .data.features import load_feature_pairs
+    from .train import DEFAULT_METRIC, evaluate_features
+
+    if args.features is None:
+        raise ValueError(f"checkpoint {args.checkpoint} holds adapters trained on frozen features; give the features "
+                         "to evaluate on with --features IMAGE_NPY TEXT_NPY PAIRS_JSON")
+    features = load_feature_pairs(*args.features, test_fraction=args.test_fraction,
+                                  seed=int(state.get("fit", {}).get("seed", 0)))
+    extra = state.get("extra") or {}
+    dims = (features.image_dim, features.text_dim)
+    if dims != (extra.get("image_dim"), extra.get("text_dim")):
+        raise ValueError(f"checkpoint {args.checkpoint} was trained on features of size {extra.get('image_dim')} (image) / "
+                         f"{extra.get('text_dim')} (text), got {dims[0]} / {dims[1]} from --features")
+    metric = args.metric or DEFAULT_METRIC[state["loss"]]
+    res = evaluate_features(model, features.test, metric=metric, criterion=criterion)
+    print(f"{state['loss']} adapters after {state['epoch']} epochs, ranked by {metric} (percent):")
+    _report_features({"trained": res}, args.json)
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .data.digits import load_digits_captions
     from .demo import format_retrieval_table
@@ -129,6 +227,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     model, criterion, state = load_checkpoint(args.checkpoint)
     extra = state.get("extra") or {}
+    if extra.get("dataset") == "features":
+        return _eval_features(args, model, criterion, state)
     if extra.get("dataset") != "digits":
         raise ValueError(f"checkpoint {args.checkpoint} does not say it was trained on the digits dataset")
     data = load_digits_captions(captions_per_image=extra["captions_per_image"], test_fraction=extra["test_fraction"],

@@ -1,5 +1,6 @@
 """``pcmekit demo``: train PCME++, PCME and an InfoNCE baseline on captioned digits, evaluate them
-like ECCV Caption, relate uncertainty to caption generality, time the kernels, write a report.
+like ECCV Caption, relate uncertainty to caption generality, classify the digits zero-shot with
+uncertainty-based prompt filtering (:func:`digits_zeroshot`), time the kernels, write a report.
 
 Everything runs offline on the CPU in a few minutes: the images are scikit-learn's bundled digits
 (:mod:`pcmekit.data.digits`), the models are small (:func:`pcmekit.models.build_digits_model`).
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["DemoConfig", "run_demo", "format_retrieval_table"]
+__all__ = ["DemoConfig", "digits_zeroshot", "run_demo", "format_retrieval_table"]
 
 MODEL_LABELS = {"pcmepp": "PCME++", "pcme": "PCME", "infonce": "InfoNCE", "random": "random ranking"}
 
@@ -47,6 +48,8 @@ class DemoConfig:
     workers: int = 2
     bench: bool = True
     quick: bool = False
+    #: zero-shot: the share of each class's prompts dropped as the most uncertain (floor(0.3 * 35) = 10)
+    zeroshot_drop: float = 0.3
 
     @classmethod
     def quick_config(cls) -> "DemoConfig":
@@ -162,6 +165,121 @@ def _run_bench(out: Path, echo: Callable[[str], None]) -> List[Dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Zero-shot classification with uncertainty
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def digits_zeroshot(model: Any, split: Any, vocab: Any, *, drop: float = 0.3, n_bins: int = 10,
+                    random_repeats: int = 5, seed: int = 0) -> Dict[str, Any]:
+    """Zero-shot digit classification with a trained caption model (docs/design.md, "Zero-shot
+    classification"): every class's prompts (:func:`pcmekit.data.digits.class_prompts`, 35 each)
+    are encoded by the text side, averaged into one Gaussian per class
+    (:func:`pcmekit.zeroshot.class_prototypes`), and the split's images are classified by the
+    CSD logits (:func:`pcmekit.zeroshot.csd_logits`, argmax; scale and shift change no argmax).
+
+    Filtering (:func:`pcmekit.zeroshot.filter_prompts`) drops each class's ``floor(drop * P)``
+    most uncertain prompts. For comparison the same number of prompts is dropped at random
+    (``random_repeats`` seeded draws, averaged), and the whole curve is computed for every count.
+
+    Returns (accuracies in percent): ``accuracy_all`` / ``accuracy_filtered`` /
+    ``accuracy_random_drop``, ``dropped`` (the count), ``dropped_general`` (share of the dropped
+    prompts that do not name the digit), ``curve`` (``dropped``, ``uncertainty``, ``random``:
+    accuracy for each count 0..P-1), ``bins_all`` / ``bins_filtered``
+    (:func:`pcmekit.metrics.uncertainty_analysis` of correctness over image-uncertainty bins),
+    ``prompt_uncertainty_by_kind`` (mean over classes and prompts of a kind),
+    ``uncertainty_general`` / ``uncertainty_naming`` (mean over the prompts that do not / do name
+    the digit) and sizes.
+    """
+    from . import metrics as M
+    from . import zeroshot
+    from .data.digits import NAMING_KINDS, class_prompts
+    from .embedding import ProbEmbedding
+
+    prompts, kinds = class_prompts()
+    n_cls, n_prompts = len(prompts), len(kinds)
+    tokens, lengths = vocab.encode([t for row in prompts for t in row])
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        txt = model.encode_text(tokens.to(device), lengths.to(device))
+        img = model.encode_image(split.images.to(device))
+    finally:
+        model.train(was_training)
+    mean = txt.mean.reshape(n_cls, n_prompts, -1).double().cpu()
+    logvar = txt.logvar.reshape(n_cls, n_prompts, -1).double().cpu()
+    images = img.to(dtype=torch.float64, device="cpu")
+    labels = split.digit.cpu()
+
+    def correct(masks: List[torch.Tensor]) -> torch.Tensor:
+        """``[len(masks), N]`` bool: each image classified right by the prototypes of each mask
+        (every mask's prototypes scored in one CSD call)."""
+        protos = [zeroshot.class_prototypes(mean, logvar, m) for m in masks]
+        classes = ProbEmbedding(torch.cat([c.mean for c in protos]), torch.cat([c.logvar for c in protos]))
+        logits = zeroshot.csd_logits(images, classes).reshape(len(labels), len(masks), n_cls)
+        return (logits.argmax(-1) == labels[:, None]).t()
+
+    gen = torch.Generator().manual_seed(seed)
+    by_uncertainty = [zeroshot.filter_prompts(logvar, n) for n in range(n_prompts)]
+    at_random = []
+    for n in range(n_prompts):
+        for _ in range(random_repeats):
+            order = torch.argsort(torch.rand(n_cls, n_prompts, generator=gen), dim=1)
+            mask = torch.ones(n_cls, n_prompts, dtype=torch.bool)
+            mask.scatter_(1, order[:, :n], False)
+            at_random.append(mask)
+    curve_u = (100.0 * correct(by_uncertainty).double().mean(dim=1)).tolist()
+    curve_r = (100.0 * correct(at_random).double().mean(dim=1)).reshape(n_prompts, random_repeats).mean(dim=1).tolist()
+    n_drop = int(math.floor(drop * n_prompts))
+    keep = zeroshot.filter_prompts(logvar, n_drop)
+    right_all, right_filtered = correct([by_uncertainty[0], keep]).double() * 100.0
+    general = torch.tensor([k not in NAMING_KINDS for k in kinds])
+    dropped = ~keep
+    u = zeroshot.prompt_uncertainty(logvar)
+    by_kind: Dict[str, float] = {}
+    for kind in dict.fromkeys(kinds):
+        cols = [p for p, k in enumerate(kinds) if k == kind]
+        by_kind[kind] = float(u[:, cols].mean())
+    img_u = images.uncertainty()
+    return {
+        "classes": n_cls, "prompts_per_class": n_prompts, "images": int(len(labels)),
+        "general_prompts_per_class": int(general.sum()),
+        "accuracy_all": float(right_all.mean()), "accuracy_filtered": float(right_filtered.mean()),
+        "accuracy_random_drop": curve_r[n_drop], "dropped": n_drop,
+        "dropped_general": float((dropped & general[None, :]).sum()) / max(int(dropped.sum()), 1),
+        "curve": {"dropped": list(range(n_prompts)), "uncertainty": curve_u, "random": curve_r},
+        "bins_all": M.uncertainty_analysis(img_u, right_all, n_bins),
+        "bins_filtered": M.uncertainty_analysis(img_u, right_filtered, n_bins),
+        "prompt_uncertainty_by_kind": by_kind,
+        "uncertainty_general": float(u[:, general].mean()), "uncertainty_naming": float(u[:, ~general].mean()),
+    }
+
+
+def _zeroshot_table(results: Dict[str, Dict[str, Any]]) -> str:
+    lines = [
+        "| model | accuracy, all 35 prompts | accuracy, most uncertain dropped | same number dropped at random | "
+        "dropped prompts that do not name the digit | accuracy: most certain image bin / most uncertain bin | "
+        "Spearman: image uncertainty bin vs accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.items():
+        z = res.get("zeroshot")
+        if name == "random":
+            continue
+        if not z:
+            lines.append(f"| {MODEL_LABELS.get(name, name)} | n/a (variance head untrained) | | | | | |")
+            continue
+        b = z["bins_all"]["bin_value"]
+        lines.append("| " + " | ".join([
+            MODEL_LABELS.get(name, name), _fmt(z["accuracy_all"]),
+            f"{_fmt(z['accuracy_filtered'])} ({z['dropped']} dropped)", _fmt(z["accuracy_random_drop"]),
+            f"{100 * z['dropped_general']:.0f} %", f"{b[0]:.1f} / {b[-1]:.1f}",
+            _fmt(z["bins_all"]["spearman"], "+.2f")]) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
 
@@ -221,6 +339,43 @@ def _plots(out: Path, split: Any, results: Dict[str, Dict[str, Any]], bench_rows
         fig.savefig(out / "r1_per_uncertainty_bin.png", dpi=110)
         plt.close(fig)
         written.append("r1_per_uncertainty_bin.png")
+
+    zs = [n for n in results if results[n].get("zeroshot")]
+    if zs:
+        fig, axes = plt.subplots(len(zs), 2, figsize=(11.0, 3.9 * len(zs)), squeeze=False)
+        for row, name in enumerate(zs):
+            z = results[name]["zeroshot"]
+            ax = axes[row][0]
+            n_bins = len(z["bins_all"]["bin_value"])
+            x = np.arange(1, n_bins + 1)
+            ax.bar(x - 0.2, z["bins_all"]["bin_value"], width=0.4, color="#999999",
+                   label=f"all {z['prompts_per_class']} prompts ({z['accuracy_all']:.1f} %)")
+            ax.bar(x + 0.2, z["bins_filtered"]["bin_value"], width=0.4, color="#1f77b4",
+                   label=f"{z['dropped']} most uncertain dropped ({z['accuracy_filtered']:.1f} %)")
+            ax.axhline(10.0, color="k", lw=0.6, ls=":")
+            ax.set_xticks(x)
+            ax.set_ylim(0, 130)
+            ax.set_yticks(range(0, 101, 20))
+            ax.set_xlabel("image uncertainty bin (1 = most certain)")
+            ax.set_ylabel("zero-shot accuracy (%)")
+            ax.set_title(f"{MODEL_LABELS.get(name, name)}: accuracy per image-uncertainty bin "
+                         "(dotted: chance)", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left", ncol=2)
+            ax = axes[row][1]
+            c = z["curve"]
+            ax.plot(c["dropped"], c["uncertainty"], color="#1f77b4", marker=".", label="most uncertain dropped")
+            ax.plot(c["dropped"], c["random"], color="#999999", marker=".", label="dropped at random (mean of 5)")
+            ax.axvline(z["dropped"], color="k", lw=0.6, ls="--")
+            ax.axvline(z["general_prompts_per_class"], color="#d62728", lw=0.6, ls=":",
+                       label=f"{z['general_prompts_per_class']} prompts do not name the digit")
+            ax.set_xlabel(f"prompts dropped per class (of {z['prompts_per_class']})")
+            ax.set_ylabel("zero-shot accuracy (%)")
+            ax.set_title(f"{MODEL_LABELS.get(name, name)}: uncertainty-based prompt filtering", fontsize=9)
+            ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out / "zeroshot_uncertainty.png", dpi=110)
+        plt.close(fig)
+        written.append("zeroshot_uncertainty.png")
 
     ours = [r for r in bench_rows if r["impl"].startswith("pcmekit") and r.get("speedup")]
     if ours:
@@ -283,6 +438,9 @@ def _train_and_evaluate(loss: str, config_dict: Dict[str, Any], data: Any = None
         t0 = time.perf_counter()
         res = evaluate(fitted.model, data.test, metric=DEFAULT_METRIC[loss], criterion=fitted.criterion,
                        seed=config.seed, uncertainty=loss != "infonce")
+        if loss != "infonce":  # InfoNCE trains no variance: there is no uncertainty to filter by
+            res["zeroshot"] = digits_zeroshot(fitted.model, data.test, data.vocab, drop=config.zeroshot_drop,
+                                              seed=config.seed)
         t_eval = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -422,10 +580,30 @@ def _readme(report: Dict[str, Any], config: DemoConfig) -> str:
         "",
     ]
     for p, title in (("uncertainty_vs_plausible.png", "Uncertainty vs number of plausible images"),
-                     ("r1_per_uncertainty_bin.png", "Text-to-image R@1 per uncertainty bin"),
-                     ("kernel_speedups.png", "Kernel speed-ups")):
+                     ("r1_per_uncertainty_bin.png", "Text-to-image R@1 per uncertainty bin")):
         if p in report["plots"]:
             lines += [f"![{title}]({p})", ""]
+    if any(r.get("zeroshot") for r in results.values()):
+        z0 = next(r["zeroshot"] for r in results.values() if r.get("zeroshot"))
+        lines += [
+            "## Zero-shot classification with uncertainty",
+            "",
+            f"The ten digit classes, classified without a classifier: each class's {z0['prompts_per_class']} prompts "
+            f"(every caption of the grammar true of some image of that digit; {z0['general_prompts_per_class']} of them, "
+            "such as \"a digit\" or \"an odd digit\", do not name it) are encoded by the caption side, averaged into "
+            "one Gaussian per class (means averaged and renormalised, variances averaged: `pcmekit.zeroshot.class_prototypes`), "
+            f"and each of the {z0['images']} test images goes to the class with the smallest CSD "
+            "(`zeroshot.csd_logits`). Filtering drops each class's "
+            f"{z0['dropped']} most uncertain prompts (`zeroshot.filter_prompts`, {config.zeroshot_drop:g} of them); "
+            "the random column drops as many at random (mean of 5 draws). Chance is 10 %.",
+            "",
+            _zeroshot_table(results),
+            "",
+        ]
+        if "zeroshot_uncertainty.png" in report["plots"]:
+            lines += ["![Zero-shot accuracy per image-uncertainty bin and vs prompts dropped](zeroshot_uncertainty.png)", ""]
+    if "kernel_speedups.png" in report["plots"]:
+        lines += ["![Kernel speed-ups](kernel_speedups.png)", ""]
     if report["bench"]:
         lines += [
             "## Kernels vs pure PyTorch (this machine)",
@@ -474,6 +652,17 @@ def _observations(report: Dict[str, Any]) -> str:
         sign = "grows" if rho_d > 0.1 else ("shrinks" if rho_d < -0.1 else "barely changes")
         out.append(f"- {MODEL_LABELS.get(n, n)}: caption uncertainty {sign} with the number of plausible images "
                    f"(Spearman {rho_d:+.2f} over distinct captions, {rho:+.2f} over all test captions).")
+        z = res[n].get("zeroshot")
+        if z:
+            change = z["accuracy_filtered"] - z["accuracy_all"]
+            verb = "raises" if change > 0.05 else ("lowers" if change < -0.05 else "leaves")
+            out.append(f"- {MODEL_LABELS.get(n, n)} zero-shot: dropping the {z['dropped']} most uncertain prompts per class "
+                       f"{verb} accuracy {'from' if verb != 'leaves' else 'at'} {z['accuracy_all']:.1f} %"
+                       + (f" to {z['accuracy_filtered']:.1f} %" if verb != "leaves" else "")
+                       + f" (at random: {z['accuracy_random_drop']:.1f} %); {100 * z['dropped_general']:.0f} % of the "
+                       f"dropped prompts do not name the digit ({z['general_prompts_per_class']} of "
+                       f"{z['prompts_per_class']} do; mean prompt uncertainty {z['uncertainty_general']:.3g} for those, "
+                       f"{z['uncertainty_naming']:.3g} for the prompts that name it).")
     if report["bench"]:
         for r in report["bench"]:
             if r["impl"].startswith("pcmekit") and r.get("speedup"):

@@ -6,6 +6,9 @@
   ECCV Caption metrics against the original and the plausible ground truth, PMRP, and the
   uncertainty analysis.
 * :func:`save_checkpoint` / :func:`load_checkpoint`.
+* :func:`fit_adapters` / :func:`evaluate_features` -- probabilistic adapters on frozen,
+  pre-extracted features (:mod:`pcmekit.data.features`; docs/design.md, "Frozen-feature adapters"),
+  through the same :func:`fit`.
 
 Training data is any object with ``images [N, ...]``, ``tokens [M, L]``, ``lengths [M]`` and
 ``caption_image [M]`` (the image each caption was written for), like
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +40,8 @@ from .embedding import ProbEmbedding
 from .losses import InfoNCELoss, PCMELoss, PCMEPPLoss
 from .optim import AdamP
 
-__all__ = ["FitResult", "LOSSES", "encode_split", "evaluate", "fit", "load_checkpoint", "random_baseline",
-           "save_checkpoint"]
+__all__ = ["FitResult", "LOSSES", "coco_test_status", "encode_split", "evaluate", "evaluate_features", "fit",
+           "fit_adapters", "load_checkpoint", "random_baseline", "save_checkpoint"]
 
 LOSSES: Dict[str, Callable[..., nn.Module]] = {"pcmepp": PCMEPPLoss, "pcme": PCMELoss, "infonce": InfoNCELoss}
 
@@ -417,4 +421,215 @@ def evaluate(
             unc[f"t2i_bins_{gt}"] = M.uncertainty_analysis(cap_u, per_query[gt]["t2i"]["R@1"], n_bins)
             unc[f"i2t_bins_{gt}"] = M.uncertainty_analysis(img_u, per_query[gt]["i2t"]["R@1"], n_bins)
         out["uncertainty"] = unc
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen features: probabilistic adapters (docs/design.md, "Frozen-feature adapters")
+# --------------------------------------------------------------------------------------------
+
+
+def _coco_test_ids() -> Tuple[np.ndarray, np.ndarray, Dict[int, List[int]]]:
+    """The eccv-caption package's COCO 5K test ``(image ids, caption ids, caption id -> [image id])``."""
+    image_ids, caption_ids = M.eccv_caption_ids()
+    t2i = M._load_gt_pair(M._eccv_caption_data_dir(), "original")["t2i"]
+    return image_ids, caption_ids, t2i
+
+
+def coco_test_status(split: Any) -> Tuple[bool, str]:
+    """Whether :func:`evaluate_features` can score ``split`` with :func:`pcmekit.metrics.eccv_caption_eval`:
+    ``(True, note)`` when its ids are exactly the COCO 5K test set the eccv-caption package ships
+    (all 5 000 images and 25 000 captions, each caption paired with its COCO image), else
+    ``(False, why not)``.
+
+    Raises ValueError when the ids are COCO test ids but a pair joins a caption to an image COCO
+    does not give it: the ECCV Caption metrics would then score against other matches than the
+    pairs say (docs/design.md, "Frozen-feature adapters")."""
+    image_ids, caption_ids = getattr(split, "image_ids", None), getattr(split, "caption_ids", None)
+    if image_ids is None or caption_ids is None:
+        missing = " and ".join(n for n, v in (("image_ids", image_ids), ("caption_ids", caption_ids)) if v is None)
+        return False, f"pairs.json gives no {missing}"
+    try:
+        coco_img, coco_cap, coco_t2i = _coco_test_ids()
+    except ImportError:
+        return False, "the eccv-caption package is not installed (pip install eccv-caption==0.1.0)"
+    img_known = np.isin(image_ids, coco_img)
+    cap_known = np.isin(caption_ids, coco_cap)
+    if not img_known.any() and not cap_known.any():
+        return False, "the test ids are not COCO 5K test ids"
+    for t, pos in enumerate(split.positives_t2i):
+        cid = int(caption_ids[t])
+        if cid not in coco_t2i:
+            continue
+        for i in pos:
+            iid = int(image_ids[i])
+            if iid not in coco_t2i[cid]:
+                raise ValueError(
+                    f"pairs.json pairs COCO caption id {cid} (text row {int(split.text_rows[t])}) with image id {iid} "
+                    f"(image row {int(split.image_rows[i])}), but COCO's annotation gives that caption to image "
+                    f"{coco_t2i[cid][0]}: the image_ids / caption_ids do not match the rows of the features")
+    if not (img_known.all() and cap_known.all()):
+        return False, (f"{int(img_known.sum())} of the {len(image_ids)} test images and {int(cap_known.sum())} of the "
+                       f"{len(caption_ids)} test captions are COCO 5K test ids; ECCV Caption needs the test split to be "
+                       "exactly that set")
+    if len(image_ids) != len(coco_img) or len(caption_ids) != len(coco_cap):
+        return False, (f"the test split has {len(image_ids)} of the {len(coco_img)} COCO 5K test images and "
+                       f"{len(caption_ids)} of its {len(coco_cap)} captions; ECCV Caption evaluates all of them")
+    return True, "test split = the COCO 5K test set: ECCV Caption, CxC and COCO 1K/5K metrics (eccv-caption)"
+
+
+def fit_adapters(
+    features: Any,
+    *,
+    embed_dim: Optional[int] = None,
+    hidden: int = 512,
+    normalize_input: bool = True,
+    loss: str = "pcmepp",
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    checkpoint: Optional[Union[str, Path]] = None,
+    resume: bool = False,
+    progress: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> FitResult:
+    """Trains probabilistic adapters on frozen features (the ProbVLM pattern; docs/design.md,
+    "Frozen-feature adapters"): :func:`pcmekit.models.build_adapter_model` on
+    ``features.train``, through :func:`fit` (same loss, optimiser, checkpoints and resume).
+
+    Args:
+        features: a :class:`pcmekit.data.features.FeaturePairs` (:func:`~pcmekit.data.features.load_feature_pairs`).
+        embed_dim: D of the embeddings; default the features' size when image and text features
+            have the same size (an untrained adapter then returns the frozen features), else 256.
+        hidden: width of each adapter's MLPs. normalize_input: L2-normalise the frozen features.
+        loss, epochs, batch_size, lr, weight_decay, seed, checkpoint, resume, progress, log:
+            as :func:`fit`; ``seed`` also seeds the adapters' initialisation.
+
+    Returns:
+        :class:`FitResult`; evaluate it with :func:`evaluate_features` on ``features.test``.
+    """
+    from .models import build_adapter_model
+
+    for name in ("train", "test", "image_dim", "text_dim"):
+        if not hasattr(features, name):
+            raise TypeError(f"features must be a pcmekit.data.features.FeaturePairs (load_feature_pairs); "
+                            f"{type(features).__name__} has no {name!r}")
+    if embed_dim is None:
+        embed_dim = features.image_dim if features.image_dim == features.text_dim else 256
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ValueError(f"embed_dim must be an int >= 1, got {embed_dim!r}")
+    coco_test_status(features.test)  # a pairs / ids mismatch fails before training, not after
+    model = build_adapter_model(features.image_dim, features.text_dim, embed_dim, hidden=hidden,
+                                normalize_input=normalize_input, seed=seed)
+    return fit(model, features.train, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
+               weight_decay=weight_decay, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
+               log=log, extra={"dataset": "features", "image_dim": features.image_dim,
+                               "text_dim": features.text_dim, **getattr(features, "source", {})})
+
+
+def _ranked_topk(q: ProbEmbedding, g: ProbEmbedding, k: int, metric: str, criterion: Optional[nn.Module],
+                 num_samples: int, seed: int, bar: Any, chunk: int) -> torch.Tensor:
+    """``[Q, k]`` gallery rows per query by ``metric``, queries in chunks (the bar advances per chunk)."""
+    kwargs: Dict[str, Any] = {}
+    eps_q = None
+    if metric == "match_prob":
+        if criterion is None or not hasattr(criterion, "scale"):
+            raise ValueError("metric='match_prob' needs the PCME loss module (its scale and shift)")
+        gen = torch.Generator().manual_seed(seed)
+        loss_module: Any = criterion
+        eps_q = torch.randn(len(q), num_samples, q.dim, generator=gen, dtype=q.dtype)
+        kwargs = dict(scale=float(loss_module.scale.detach()), shift=float(loss_module.shift.detach()),
+                      eps_g=torch.randn(len(g), num_samples, g.dim, generator=gen, dtype=g.dtype))
+    parts = []
+    for start in range(0, len(q), chunk):
+        stop = min(start + chunk, len(q))
+        if eps_q is not None:
+            kwargs["eps_q"] = eps_q[start:stop]
+        parts.append(_retrieve(q[start:stop], g, k, metric, **kwargs)[1])
+        bar.update(stop - start)
+    return torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.int64)
+
+
+@torch.no_grad()
+def evaluate_features(
+    model: nn.Module,
+    split: Any,
+    *,
+    metric: str = "csd",
+    criterion: Optional[nn.Module] = None,
+    ks: Sequence[int] = (1, 5, 10),
+    k: Optional[int] = None,
+    eccv: Union[bool, str] = "auto",
+    n_bins: int = 10,
+    num_samples: int = 7,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+    chunk: int = 1024,
+) -> Dict[str, Any]:
+    """Retrieval metrics of adapters (or any model with ``encode_image`` / ``encode_text`` on
+    features) on a :class:`pcmekit.data.features.FeatureSplit`: the pairs are the ground truth.
+
+    Each direction ranks its gallery with :func:`pcmekit.topk` and keeps the best ``k`` per query
+    (default: the larger of 100, max(ks) and the most positives of any query, at most the gallery;
+    100 covers ECCV Caption's largest R, 48).
+
+    Args:
+        metric, criterion, num_samples, seed: how to rank, as :func:`evaluate`.
+        ks: the K of Recall@K.
+        eccv: "auto" adds :func:`pcmekit.metrics.eccv_caption_eval`'s numbers when the split is the
+            COCO 5K test set (:func:`coco_test_status`); True requires it (ValueError otherwise);
+            False never.
+        n_bins: bins of the uncertainty analysis (skipped when a direction has fewer queries).
+        progress: a progress bar over the queries on stderr (default: when stderr is a terminal).
+
+    Returns:
+        ``{"i2t": {R@K, R-P, mAP@R, n_queries}, "t2i": {...}, "RSUM", "metric", "k" (per direction), "num_images",
+        "num_captions", "uncertainty": {"i2t_bins", "t2i_bins"}, "eccv_caption_note"}`` (percent, as
+        :func:`pcmekit.metrics.retrieval_metrics`), and ``"eccv_caption"`` (fractions, as the
+        eccv-caption package returns them) when it applies.
+    """
+    from types import SimpleNamespace
+
+    if eccv not in ("auto", True, False):
+        raise ValueError(f"eccv must be 'auto', True or False, got {eccv!r}")
+    for name in ("images", "texts", "positives_i2t", "positives_t2i"):
+        if not hasattr(split, name):
+            raise TypeError(f"split must be a pcmekit.data.features.FeatureSplit; {type(split).__name__} has no {name!r}")
+    use_eccv, note = coco_test_status(split) if eccv is not False else (False, "eccv=False")
+    if eccv is True and not use_eccv:
+        raise ValueError(f"eccv=True, but the split cannot be scored with eccv_caption_eval: {note}")
+    gallery = SimpleNamespace(images=split.images, tokens=split.texts,
+                              lengths=torch.ones(len(split.texts), dtype=torch.int64))
+    img, txt = encode_split(model, gallery)
+    n_img, n_cap = len(img), len(txt)
+    most = max([len(p) for p in split.positives_i2t] + [len(p) for p in split.positives_t2i] + [1])
+    want = k if k is not None else max(100, max(ks), most)
+    if isinstance(want, bool) or not isinstance(want, int) or want < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    bar = Progress(n_img + n_cap, f"evaluate ({metric})", progress, unit="queries")
+    i2t = _ranked_topk(img, txt, min(want, n_cap), metric, criterion, num_samples, seed, bar, chunk)
+    t2i = _ranked_topk(txt, img, min(want, n_img), metric, criterion, num_samples, seed + 1, bar, chunk)
+    bar.close()
+    out: Dict[str, Any] = {"metric": metric, "k": {"i2t": int(i2t.shape[1]), "t2i": int(t2i.shape[1])},
+                           "num_images": n_img, "num_captions": n_cap}
+    per_query: Dict[str, Any] = {}
+    for side, ranked, truth, n_gallery in (("i2t", i2t, split.positives_i2t, n_cap),
+                                           ("t2i", t2i, split.positives_t2i, n_img)):
+        res = M.retrieval_metrics(ranked, truth, ks=ks, num_gallery=n_gallery, per_query=True)
+        per_query[side] = res.pop("per_query")
+        res.pop("queries")
+        out[side] = res
+    if all(K in ks for K in (1, 5, 10)):
+        out["RSUM"] = M.rsum(out["i2t"], out["t2i"])
+    unc: Dict[str, Any] = {}
+    for side, emb in (("i2t", img), ("t2i", txt)):
+        if len(emb) >= n_bins:
+            unc[f"{side}_bins"] = M.uncertainty_analysis(emb.uncertainty().double(), per_query[side][f"R@{ks[0]}"],
+                                                         n_bins)
+    out["uncertainty"] = unc
+    out["eccv_caption_note"] = note
+    if use_eccv:
+        out["eccv_caption"] = M.eccv_caption_eval(i2t, t2i, split.image_ids, split.caption_ids, ks=ks)
     return out

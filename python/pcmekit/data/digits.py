@@ -48,6 +48,8 @@ from .vocab import WordVocab, tokenize
 __all__ = [
     "CAPTION_KINDS",
     "DIGIT_NAMES",
+    "PROMPT_KINDS",
+    "class_prompts",
     "DigitsCaptions",
     "DigitsSplit",
     "Predicate",
@@ -337,6 +339,40 @@ class DigitsCaptions:
     captions_per_image: int
     seed: int
     test_fraction: float
+
+
+#: The caption kinds zero-shot prompts are made of: every kind but "magnitude" (which says nothing
+#: of a five), so every class gets the same number of prompts.
+PROMPT_KINDS = tuple(k for k in CAPTION_KINDS if k != "magnitude")
+
+#: Kinds whose captions name the digit; the others ("a digit", "an odd digit", "a bold digit", ...)
+#: are true of other classes too.
+NAMING_KINDS = ("name", "ink_name", "width_name", "slant_name", "ink_slant_name", "full")
+
+
+def class_prompts() -> Tuple[List[List[str]], List[str]]:
+    """Zero-shot prompts for the ten digit classes: ``(prompts, kinds)``, where ``prompts[c]``
+    lists every caption of :data:`PROMPT_KINDS` that is true of some image of digit ``c`` (35
+    per class: 26 that name the digit, from "a seven" to "a wide thin seven slanting left", and 9
+    that do not, such as "a digit" or "an odd digit", which several classes share) and
+    ``kinds[p]`` is the kind of prompt ``p`` (the same order for every class)."""
+    prompts: List[List[str]] = []
+    kinds: List[str] = []
+    for d in range(10):
+        texts: Dict[str, str] = {}
+        for kind in PROMPT_KINDS:
+            for ink in range(2):
+                for slant in range(3):
+                    for width in range(2):
+                        text = describe(kind, d, ink, slant, width)
+                        assert text is not None
+                        texts.setdefault(text, kind)
+        prompts.append(list(texts))
+        if d == 0:
+            kinds = list(texts.values())
+        elif list(texts.values()) != kinds:  # pragma: no cover - the grammar gives every class one layout
+            raise AssertionError("class_prompts: the classes' prompt kinds differ")
+    return prompts, kinds
 
 
 def _all_caption_texts() -> List[str]:

@@ -15,7 +15,17 @@ from torch import nn
 
 from .heads import UncertaintyBlock, lengths_to_mask
 
-__all__ = ["CaptionEncoder", "DigitImageEncoder", "EncoderOutput", "TransformerBlock"]
+__all__ = ["CaptionEncoder", "DigitImageEncoder", "EncoderOutput", "FrozenFeatures", "TransformerBlock"]
+
+
+class FrozenFeatures(nn.Module):
+    """The "encoder" of pre-extracted features: passes ``[B, C]`` float rows through unchanged
+    (``lengths``, which a text encoder is called with, is ignored). It has no parameters, so
+    :class:`~pcmekit.models.ProbVLModel` trains only the heads on top of it."""
+
+    def forward(self, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        del lengths
+        return features
 
 
 class EncoderOutput(NamedTuple):

@@ -8,6 +8,8 @@
   self-attention over the local features (PIE-Net), and a log-variance from attention-pooled
   local features plus the pooled feature.
 * :class:`UncertaintyBlock` -- wraps a transformer block; runs it and a parallel copy of it.
+* :class:`AdapterHead` -- a probabilistic adapter on one frozen feature vector per sample (the
+  ProbVLM pattern; docs/design.md, "Frozen-feature adapters").
 
 Features are a set per sample: ``[B, L, C]`` with ``lengths`` ``[B]`` (valid positions are a
 prefix), or a single vector ``[B, C]``.
@@ -33,7 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..embedding import ProbEmbedding
 
-__all__ = ["GPOPool", "PIEHead", "ProbHead", "UncertaintyBlock", "lengths_to_mask", "positional_encoding"]
+__all__ = ["AdapterHead", "GPOPool", "PIEHead", "ProbHead", "UncertaintyBlock", "lengths_to_mask", "positional_encoding"]
 
 #: The references' log-variance bias at initialisation (see the module docstring).
 LOGVAR_BIAS_INIT = 0.0
@@ -323,3 +325,66 @@ class UncertaintyBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.block(x, *args, **kwargs), self.uncertainty(x, *args, **kwargs)
+
+
+class AdapterHead(nn.Module):
+    """A probabilistic adapter on frozen features (docs/design.md, "Frozen-feature adapters").
+
+    For one pre-extracted feature vector per sample ``x [B, C]`` (CLIP's image or text
+    embedding, say):
+
+        x      = normalize(x)                                 (when ``normalize_input``)
+        mean   = normalize(S x + W2 gelu(W1 x + b1))          S: [D, C], no bias
+        logvar = V2 gelu(V1 x + c1) + c2
+
+    ``S`` starts as the identity when ``C == D`` (else xavier) and ``W2`` at zero, so an untrained
+    adapter on features of the embedding size returns the frozen features themselves (unit
+    length): training starts from the frozen model's retrieval, as ProbVLM's adapters do, and
+    the residual MLP learns a correction. ``V2`` starts at zero and ``c2`` at
+    ``logvar_bias_init``, so every sample starts with the same variance and the loss decides
+    which samples get more.
+
+    Args:
+        in_dim: C. embed_dim: D. hidden: width of both MLPs.
+        normalize_input: L2-normalise ``x`` first (frozen CLIP features are compared by cosine;
+            their norms carry no meaning there).
+        logvar_bias_init: the starting log-variance of every dimension.
+
+    ``forward(features [B, C]) -> ProbEmbedding [B, D]``.
+    """
+
+    def __init__(self, in_dim: int, embed_dim: int, hidden: int = 512, normalize_input: bool = True,
+                 logvar_bias_init: float = LOGVAR_BIAS_INIT) -> None:
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("embed_dim", embed_dim), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AdapterHead {name} must be an int >= 1, got {value!r}")
+        self.in_dim, self.embed_dim, self.hidden = in_dim, embed_dim, hidden
+        self.normalize_input = bool(normalize_input)
+        self.skip = nn.Linear(in_dim, embed_dim, bias=False)
+        self.mean_hidden = nn.Linear(in_dim, hidden)
+        self.mean_out = nn.Linear(hidden, embed_dim)
+        self.logvar_hidden = nn.Linear(in_dim, hidden)
+        self.logvar_out = nn.Linear(hidden, embed_dim)
+        with torch.no_grad():
+            if in_dim == embed_dim:
+                self.skip.weight.copy_(torch.eye(embed_dim))
+            else:
+                nn.init.xavier_uniform_(self.skip.weight)
+            nn.init.zeros_(self.mean_out.weight)
+            nn.init.zeros_(self.mean_out.bias)
+            nn.init.zeros_(self.logvar_out.weight)
+            nn.init.constant_(self.logvar_out.bias, float(logvar_bias_init))
+
+    def extra_repr(self) -> str:
+        return (f"in_dim={self.in_dim}, embed_dim={self.embed_dim}, hidden={self.hidden}, "
+                f"normalize_input={self.normalize_input}")
+
+    def forward(self, features: torch.Tensor) -> ProbEmbedding:
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"AdapterHead: features must be a torch.Tensor, got {type(features).__name__}")
+        if features.dim() != 2 or features.shape[1] != self.in_dim:
+            raise ValueError(f"AdapterHead: features must have shape [B, {self.in_dim}], got {list(features.shape)}")
+        x = F.normalize(features, dim=-1) if self.normalize_input else features
+        mean = F.normalize(self.skip(x) + self.mean_out(F.gelu(self.mean_hidden(x))), dim=-1)
+        return ProbEmbedding(mean, self.logvar_out(F.gelu(self.logvar_hidden(x))))

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
-from .encoders import CaptionEncoder, DigitImageEncoder, EncoderOutput
-from .heads import PIEHead, ProbHead
+from .encoders import CaptionEncoder, DigitImageEncoder, EncoderOutput, FrozenFeatures
+from .heads import AdapterHead, PIEHead, ProbHead
 
-__all__ = ["ProbVLModel", "build_digits_model"]
+__all__ = ["ProbVLModel", "build_adapter_model", "build_digits_model", "build_model"]
 
 
 def _encode(encoder: nn.Module, head: nn.Module, *inputs: Any) -> ProbEmbedding:
@@ -121,10 +121,39 @@ class _nullcontext:
         return None
 
 
+def build_adapter_model(image_dim: int, text_dim: int, embed_dim: int, hidden: int = 512,
+                        normalize_input: bool = True, logvar_bias_init: Optional[float] = None,
+                        seed: Optional[int] = None) -> ProbVLModel:
+    """Probabilistic adapters on frozen features (docs/design.md, "Frozen-feature adapters"): a
+    :class:`ProbVLModel` whose encoders are :class:`FrozenFeatures` (no parameters) and whose heads
+    are one :class:`AdapterHead` per modality, ``image_dim -> embed_dim`` and ``text_dim ->
+    embed_dim``. ``logvar_bias_init`` defaults to ``log(0.1 / embed_dim)`` for the reason
+    :func:`build_digits_model` gives (the variance term of the CSD starts at a tenth of a typical
+    squared distance between unit means). ``seed`` makes the initialisation reproducible; the
+    arguments are kept in ``model.config`` so a checkpoint can rebuild the model."""
+    if logvar_bias_init is None:
+        logvar_bias_init = math.log(0.1 / embed_dim) if isinstance(embed_dim, int) and embed_dim > 0 else 0.0
+    config = dict(image_dim=image_dim, text_dim=text_dim, embed_dim=embed_dim, hidden=hidden,
+                  normalize_input=normalize_input, logvar_bias_init=logvar_bias_init, seed=seed)
+    ctx = torch.random.fork_rng(devices=[]) if seed is not None else _nullcontext()
+    with ctx:
+        if seed is not None:
+            torch.manual_seed(seed)
+        heads = [AdapterHead(dim, embed_dim, hidden, normalize_input=normalize_input,
+                             logvar_bias_init=logvar_bias_init) for dim in (image_dim, text_dim)]
+        model = ProbVLModel(FrozenFeatures(), FrozenFeatures(), heads)
+    model.config = {"builder": "adapters", **config}
+    return model
+
+
+_BUILDERS: Dict[str, Callable[..., ProbVLModel]] = {"digits": build_digits_model, "adapters": build_adapter_model}
+
+
 def build_model(config: Mapping[str, Any]) -> ProbVLModel:
     """Rebuilds a model from its ``config`` (as stored in a checkpoint)."""
     config = dict(config)
     builder = config.pop("builder", None)
-    if builder != "digits":
-        raise ValueError(f"unknown model builder {builder!r} in the model config; expected 'digits'")
-    return build_digits_model(**config)
+    if builder not in _BUILDERS:
+        raise ValueError(f"unknown model builder {builder!r} in the model config; expected one of "
+                         f"{', '.join(repr(b) for b in _BUILDERS)}")
+    return _BUILDERS[builder](**config)
