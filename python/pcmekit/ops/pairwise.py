@@ -17,7 +17,7 @@ import torch
 from .. import _core
 from .._core import get_num_threads, matrix_view, stream_handle
 from ..embedding import ProbEmbedding
-from ._args import METRICS, check_metric, embedding_needs, empty_grads, out_dtype, prepare_pair, unpack_pair
+from ._args import METRICS, check_metric, compiling, embedding_needs, empty_grads, out_dtype, prepare_pair, unpack_pair
 
 __all__ = ["pairwise_distance", "pairwise_op", "pairwise_backward_op", "pairwise_into"]
 
@@ -186,5 +186,18 @@ def pairwise_distance(
         metric = leftover
     metric = check_metric(metric)
     am, alv, bm, blv, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, metric != "l2", metric)
-    out = pairwise_op(am, alv, bm, blv, metric)
+    if _eager_without_grad((am, alv, bm, blv)):
+        # Nothing for autograd or a tracer to see: the kernel itself, without the dispatcher's
+        # round trip (tens of microseconds, more than a small matrix costs).
+        out = torch.empty((am.shape[0], bm.shape[0]), dtype=out_dtype(am.dtype), device=am.device)
+        out = pairwise_into(out, am, alv, bm, blv, metric)
+    else:
+        out = pairwise_op(am, alv, bm, blv, metric)
     return out.numpy() if to_numpy else out
+
+
+def _eager_without_grad(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
+    if compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
