@@ -16,7 +16,7 @@ SANITIZE_DIR ?= build/sanitize
 SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py tests/test_optim_fused.py
 CXX ?= g++
 
-.PHONY: all env wheel build test audit typecheck sanitize demo bench cuda-build cuda-emu cuda-emu-build cuda-emu-asan cuda-resources clean
+.PHONY: all env wheel build test audit typecheck sanitize demo bench openclip-example cuda-build cuda-emu cuda-emu-build cuda-emu-asan cuda-resources clean
 
 all: test
 
@@ -81,6 +81,20 @@ sanitize: env
 
 demo: build
 	$(VENV)/bin/pcmekit demo --out $(DEMO_OUT)
+
+# examples/open_clip_pcmepp.py on a tiny random open_clip model, in an environment of its own
+# (scripts/requirements-openclip.txt says why) with the wheel `make wheel` built;
+# PCMEKIT_REQUIRE_OPENCLIP=1 turns the test's skip into a failure.
+OPENCLIP_VENV ?= build/openclip-venv
+$(OPENCLIP_VENV)/.deps-stamp: scripts/requirements-openclip.txt
+	$(PYTHON) -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/python -m pip install --quiet -r scripts/requirements-openclip.txt
+	touch $@
+
+openclip-example: wheel $(OPENCLIP_VENV)/.deps-stamp
+	$(OPENCLIP_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/pcmekit-*.whl
+	PCMEKIT_TEST_INSTALLED_IN=$(OPENCLIP_VENV) PCMEKIT_REQUIRE_OPENCLIP=1 \
+	  $(OPENCLIP_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_open_clip_example.py
 
 bench: build
 	$(VENV)/bin/pcmekit bench all --out results/bench
