@@ -19,7 +19,7 @@
 // The GEMM form: csd, w2, l2 and kl are  row term + column term + alpha <f_a, f_b>  (see
 // cpu/pairwise.cpp for the features). Their forward and backward (the two GEMMs G @ F_b and
 // G^T @ F_a) run on tensor cores (pairwise_tc.cu) where the dtype and the matmul precision allow
-// it; otherwise, and for bhattacharyya and elk and float64, this engine runs.
+// it; otherwise, and for bhattacharyya, elk, inclusion and float64, this engine runs.
 //
 // Dtypes: float32 and float64 compute in their own type; float16 and bfloat16 inputs are loaded,
 // converted to float and accumulated in float; the distance matrix (and grad_out) are float32 for
@@ -481,7 +481,7 @@ struct TypeTag {
 
 // The one switch from the runtime dtype to the storage type; with visit_metric it spans the
 // instantiation list: {float, double, __half, __nv_bfloat16} x {csd, w2, l2, kl, bhattacharyya,
-// elk} (x {a side, b side} for backward).
+// elk, inclusion} (x {a side, b side} for backward).
 template <typename F>
 void visit_storage(DType dtype, F&& f) {
   switch (dtype) {
