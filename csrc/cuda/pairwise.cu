@@ -58,12 +58,14 @@ template <typename Acc>
 constexpr int kChunk = sizeof(Acc) == 8 ? 8 : 16;
 
 // Minimum resident blocks per SM handed to ptxas (__launch_bounds__'s second argument; 0 leaves
-// ptxas's own register target). For these instantiations that target spills (bhattacharyya
-// forward on 16-bit inputs: 12 bytes at 80 registers; kl forward in double: 160 bytes at 128; l2
-// backward in float: 60 bytes at 128), and scripts/cuda_resources.py fails on any spill: the hint
-// moves the target to 128 registers (2 blocks) or 255 (1 block), where they fit.
+// ptxas's own register target). For these instantiations that target spills (bhattacharyya and
+// inclusion forward on 16-bit inputs: 12 bytes at 80 registers; kl forward in double: 160 bytes at
+// 128; l2 backward in float: 60 bytes at 128), and scripts/cuda_resources.py fails on any spill:
+// the hint moves the target to 128 registers (2 blocks) or 255 (1 block), where they fit.
+template <typename Term>
+constexpr bool kLogHeavyTerm = std::is_same_v<Term, BhattacharyyaTerm> || std::is_same_v<Term, InclusionTerm>;
 template <typename Term, typename S>
-constexpr int kForwardMinBlocks = std::is_same_v<Term, BhattacharyyaTerm> && sizeof(S) == 2 ? 2
+constexpr int kForwardMinBlocks = kLogHeavyTerm<Term> && sizeof(S) == 2                       ? 2
                                   : std::is_same_v<Term, KlTerm> && std::is_same_v<S, double> ? 1
                                                                                                : 0;
 template <typename Term, typename S>
