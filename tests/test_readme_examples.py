@@ -1,4 +1,4 @@
-"""The README's code for the checkpoint adapters, eccv_caption_eval and pcmekit.zeroshot runs."""
+"""The README's code for the checkpoint adapters, eccv_caption_eval, pcmekit.zeroshot and ProLIP's losses runs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _block(heading: str) -> str:
     "#### Model outputs: `ProbEmbedding.from_output",
     "#### ECCV Caption, CxC, COCO 1K/5K in one call",
     "### `pcmekit.zeroshot`",
+    "#### ProLIP's losses",
 ])
 def test_readme_block_runs(heading, capsys):
     if "ECCV" in heading:
