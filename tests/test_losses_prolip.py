@@ -382,6 +382,14 @@ def test_losses_reject_bad_input(loss_cls, make, error, pattern):
         loss_cls()(img, txt, matched)
 
 
+@pytest.mark.parametrize("loss_cls", [PPCLLoss, InclusionLoss, ProLIPVIBLoss, ProLIPLoss])
+def test_errors_name_the_loss_called(loss_cls):
+    with pytest.raises(ValueError, match=rf"^{loss_cls.__name__}: without `matched`"):
+        loss_cls()(emb(4), emb(5))
+    with pytest.raises(ValueError, match=rf"^{loss_cls.__name__} needs at least one image"):
+        loss_cls()(emb(0), emb(0))
+
+
 @pytest.mark.parametrize(
     "masked,error,pattern",
     [

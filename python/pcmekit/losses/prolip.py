@@ -87,6 +87,7 @@ class PPCLLoss(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.tensor(float(init_scale)))
         self.bias = torch.nn.Parameter(torch.tensor(float(init_bias)))
         self.gather = gather
+        self._owner = "PPCLLoss"  # the name errors give (ProLIPLoss sets its own)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale.item():.4g}, bias={self.bias.item():.4g}, gather={self.gather}"
@@ -94,7 +95,7 @@ class PPCLLoss(torch.nn.Module):
     def forward(
         self, img: ProbEmbedding, txt: ProbEmbedding, matched: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        batch = prepare_batch("PPCLLoss", img, txt, matched, gather=self.gather)
+        batch = prepare_batch(self._owner, img, txt, matched, gather=self.gather)
         b_img = batch.img_mean.shape[0]
         bce_sum = pairwise_bce_loss(
             (batch.img_mean, batch.img_logvar),
@@ -191,6 +192,7 @@ class InclusionLoss(torch.nn.Module):
         self.masked_weight = float(masked_weight)
         self.eps = float(eps)
         self.scale = float(scale)
+        self._owner = "InclusionLoss"  # the name errors give (ProLIPLoss sets its own)
 
     def extra_repr(self) -> str:
         return (
@@ -207,7 +209,8 @@ class InclusionLoss(torch.nn.Module):
         masked_img: Optional[ProbEmbedding] = None,
         masked_txt: Optional[ProbEmbedding] = None,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        batch = prepare_batch("InclusionLoss", img, txt, matched, gather=False)
+        owner = self._owner
+        batch = prepare_batch(owner, img, txt, matched, gather=False)
         assert batch.img_logvar is not None and batch.txt_logvar is not None  # prepare_batch checked
         dtype = compute_dtype(batch.img_mean.dtype)
         im, il = batch.img_mean.to(dtype), batch.img_logvar.to(dtype)
@@ -225,15 +228,15 @@ class InclusionLoss(torch.nn.Module):
             if masked is None:
                 terms[key] = im.new_zeros(())
                 continue
-            mm, ml = _means_and_logvars("InclusionLoss", masked, name)
+            mm, ml = _means_and_logvars(owner, masked, name)
             n = mm.shape[0]
             if mm.dim() != 2 or mm.shape[1] != own_mean.shape[1] or n > own_mean.shape[0]:
                 raise ValueError(
-                    f"InclusionLoss: {name}.mean must have shape [n, D] with n <= {own_mean.shape[0]} and "
+                    f"{owner}: {name}.mean must have shape [n, D] with n <= {own_mean.shape[0]} and "
                     f"D == {own_mean.shape[1]}, got {list(mm.shape)}"
                 )
             if mm.device != own_mean.device:
-                raise ValueError(f"InclusionLoss: {name} is on {mm.device} but img is on {own_mean.device}")
+                raise ValueError(f"{owner}: {name} is on {mm.device} but img is on {own_mean.device}")
             terms[key] = _inclusion_term(own_mean[:n], own_logvar[:n], mm.to(dtype), ml.to(dtype), self.eps, self.scale)
         used = {k: _drop_exploded(v) for k, v in terms.items()}
         loss = (
@@ -277,6 +280,7 @@ class ProLIPVIBLoss(torch.nn.Module):
         super().__init__()
         _check_number("weight", weight, non_negative=True)
         self.weight = float(weight)
+        self._owner = "ProLIPVIBLoss"  # the name errors give (ProLIPLoss sets its own)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
@@ -284,7 +288,7 @@ class ProLIPVIBLoss(torch.nn.Module):
     def forward(
         self, img: ProbEmbedding, txt: ProbEmbedding, matched: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        batch = prepare_batch("ProLIPVIBLoss", img, txt, matched, gather=False)
+        batch = prepare_batch(self._owner, img, txt, matched, gather=False)
         assert batch.img_logvar is not None and batch.txt_logvar is not None  # prepare_batch checked
         kl_img = prolip_vib_kl(batch.img_mean, batch.img_logvar)
         kl_txt = prolip_vib_kl(batch.txt_mean, batch.txt_logvar)
@@ -334,6 +338,8 @@ class ProLIPLoss(torch.nn.Module):
         self.inclusion = InclusionLoss(inclusion_weight, masked_inclusion_weight, inclusion_eps, inclusion_scale)
         self.vib = ProLIPVIBLoss(vib_weight)
         self.ppcl_weight = float(ppcl_weight)
+        for part in (self.ppcl, self.inclusion, self.vib):
+            part._owner = "ProLIPLoss"
 
     def forward(
         self,
