@@ -12,7 +12,7 @@ import torch
 import pcmekit
 
 DEVICES = ["cpu"] + (["cuda"] if pcmekit.cuda_available() else [])
-METRICS = ["csd", "w2", "l2", "kl", "bhattacharyya", "elk"]
+METRICS = ["csd", "w2", "l2", "kl", "bhattacharyya", "elk", "inclusion"]
 
 
 def gaussians(n: int, d: int, *, dtype=torch.float64, device="cpu", seed=0, spread=1.0):

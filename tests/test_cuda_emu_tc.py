@@ -36,7 +36,7 @@ if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
 if not EMULATED:  # one skip for the module, not one per case
     pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
 
-METRIC_CODE = {"csd": 0, "w2": 1, "l2": 2, "kl": 3, "bhattacharyya": 4, "elk": 5}
+METRIC_CODE = {"csd": 0, "w2": 1, "l2": 2, "kl": 3, "bhattacharyya": 4, "elk": 5, "inclusion": 6}
 INNER = ["csd", "w2", "l2", "kl"]
 HIGHEST, HIGH, MEDIUM = 0, 1, 2
 TF32_UNIT = 2.0**-11  # TF32 rounding: 10 explicit mantissa bits, round to nearest
@@ -202,7 +202,7 @@ def test_float64_and_direct_metrics_ignore_the_precision():
         ref = reference(metric, *args)
         assert rel_err(run(metric, *args, HIGH), ref) <= 1e-12
     args = inputs(20, 30, 9, torch.float32)
-    for metric in ("bhattacharyya", "elk"):
+    for metric in ("bhattacharyya", "elk", "inclusion"):
         assert torch.equal(run(metric, *args, HIGH), run(metric, *args, HIGHEST))
 
 
@@ -431,7 +431,7 @@ def test_backward_float64_and_direct_metrics_ignore_the_precision():
         for g, r in zip(run_backward(metric, grad_out, *args, HIGH), refs):
             assert rel_err(g, r) <= 1e-12
     grad_out, args = grad_inputs(20, 30, 9, torch.float32)
-    for metric in ("bhattacharyya", "elk"):
+    for metric in ("bhattacharyya", "elk", "inclusion"):
         for x, y in zip(run_backward(metric, grad_out, *args, HIGH), run_backward(metric, grad_out, *args, HIGHEST)):
             assert torch.equal(x, y)
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pcmekit import ProbEmbedding
-from pcmekit.losses import InfoNCELoss, PCMEPPLoss, mix_images
+from pcmekit.losses import InfoNCELoss, PCMEPPLoss, PPCLLoss, mix_images
 
 from _helpers import leave_process_group
 
@@ -133,6 +133,10 @@ def _worker(rank: int, port: int) -> None:
         # the CLIP baseline, hard and soft targets
         _check_case(rank, infonce, [4, 4], [4, 4], [None, None], seed=5)
         _check_case(rank, infonce, [5, 3], [5, 3], [_mixed_block(5, 2), None], seed=6)
+        # ProLIP's PPCL: unequal local batches; one rank with duplicates
+        ppcl = lambda gather: PPCLLoss(init_scale=1.5, init_bias=-0.5, gather=gather)  # noqa: E731
+        _check_case(rank, ppcl, [3, 6], [3, 6], [None, None], seed=7)
+        _check_case(rank, ppcl, [4, 3], [4, 3], [dup, None], seed=8)
 
         # A rank that rejects its inputs makes every rank raise instead of leaving one waiting.
         bad = torch.eye(3) * (2.0 if rank == 1 else 1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -246,6 +248,31 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+def test_inclusion_is_antisymmetric():
+    # inclusion(a, b) = -inclusion(b, a): the measure is a difference of the two directions.
+    a_mean, a_logvar, b_mean, b_logvar = pair(6, 9, 11, seed=19)
+    ab = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric="inclusion")
+    ba = pcmekit.pairwise_distance(b_mean, b_logvar, a_mean, a_logvar, metric="inclusion")
+    torch.testing.assert_close(ab, -ba.T, rtol=1e-12, atol=1e-12)
+
+
+def test_inclusion_direction():
+    # A narrow Gaussian inside a wide one with the same mean: negative (included) one way,
+    # positive the other; identical Gaussians give exactly 0.
+    d = 4
+    mean = torch.randn(1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    narrow, wide = torch.full((1, d), -3.0, dtype=torch.float64), torch.full((1, d), 1.0, dtype=torch.float64)
+    inside = pcmekit.pairwise_distance(mean, narrow, mean, wide, metric="inclusion").item()
+    outside = pcmekit.pairwise_distance(mean, wide, mean, narrow, metric="inclusion").item()
+    same = pcmekit.pairwise_distance(mean, wide, mean, wide, metric="inclusion").item()
+    assert inside < 0 < outside and same == 0.0
+    # With equal means only the log-variance terms remain: per dimension
+    # lv_a - lv_b + 1/2 log((var_a + 2 var_b) / (2 var_a + var_b)).
+    va, vb = math.exp(-3.0), math.exp(1.0)
+    expected = d * (-4.0 + 0.5 * math.log((va + 2 * vb) / (2 * va + vb)))
+    assert inside == pytest.approx(expected, rel=1e-12)
+
+
 def test_nan_propagates_to_its_row():
     a_mean, a_logvar, b_mean, b_logvar = pair(4, 5, 3)
     a_mean[2, 1] = float("nan")
@@ -282,8 +309,16 @@ def test_bad_inputs(mutate, exc, pattern):
 
 
 def test_unknown_metric():
-    with pytest.raises(ValueError, match=r"metric must be one of csd, w2, l2, kl, bhattacharyya, elk; got 'cosine'"):
+    with pytest.raises(
+        ValueError, match=r"metric must be one of csd, w2, l2, kl, bhattacharyya, elk, inclusion; got 'cosine'"
+    ):
         pcmekit.pairwise_distance(*_good(), metric="cosine")
+
+
+def test_inclusion_needs_logvars_and_names_them():
+    a = _good()
+    with pytest.raises(ValueError, match=r"metric 'inclusion' needs a_logvar and b_logvar, but a_logvar is None"):
+        pcmekit.pairwise_distance(a[0], None, a[2], a[3], metric="inclusion")
 
 
 def test_mixed_numpy_and_torch():

@@ -1,5 +1,5 @@
 """The README's code for the checkpoint adapters, eccv_caption_eval, pcmekit.zeroshot, the open_clip
-drop-in and the frozen-feature adapters runs."""
+drop-in, the frozen-feature adapters and ProLIP's losses runs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _block(heading: str) -> str:
     "### `pcmekit.zeroshot`",
     "#### open_clip training loops: `losses.OpenCLIPPCMEPPLoss`",
     "### Frozen features: probabilistic adapters",
+    "#### ProLIP's losses",
 ])
 def test_readme_block_runs(heading, capsys):
     if "ECCV" in heading:

@@ -32,6 +32,7 @@ const char* metric_name(Metric metric) {
     case Metric::KL: return "kl";
     case Metric::Bhattacharyya: return "bhattacharyya";
     case Metric::ELK: return "elk";
+    case Metric::Inclusion: return "inclusion";
   }
   return "unknown metric";
 }

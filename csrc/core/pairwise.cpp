@@ -30,7 +30,7 @@ void check_inputs(const MatrixView& a_mean, const MatrixView& a_logvar, const Ma
 
 void check_metric(Metric metric) {
   const int code = static_cast<int>(metric);
-  PCMEKIT_CHECK(code >= 0 && code <= static_cast<int>(Metric::ELK), "unknown metric code ", code);
+  PCMEKIT_CHECK(code >= 0 && code <= static_cast<int>(kLastMetric), "unknown metric code ", code);
 }
 
 void check_precision(MatmulPrecision p) {

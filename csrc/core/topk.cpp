@@ -20,7 +20,7 @@ void check_inputs(const TopkParams& p) {
   PCMEKIT_CHECK(p.score == TopkScore::Distance || match, "unknown top-k score code ",
                 static_cast<int>(p.score));
   const int metric_code = static_cast<int>(p.metric);
-  PCMEKIT_CHECK(match || (metric_code >= 0 && metric_code <= static_cast<int>(Metric::ELK)),
+  PCMEKIT_CHECK(match || (metric_code >= 0 && metric_code <= static_cast<int>(kLastMetric)),
                 "unknown metric code ", metric_code);
   PCMEKIT_CHECK_TYPE(dt != DType::Int64, "q_mean must be floating point (float32 or float64), got int64");
   PCMEKIT_CHECK_TYPE(dev != Device::CPU || !detail::is_half(dt), "q_mean has dtype ", dtype_name(dt),

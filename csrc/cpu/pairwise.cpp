@@ -4,7 +4,7 @@
 //  * inner-product form (csd, w2, l2, kl): each metric is  row term + column term + alpha * <f_a, f_b>
 //    for per-row feature vectors f, so the O(N M D) work is one GEMM (cpu/gemm.h) with the row and
 //    column terms added in its epilogue; backward is two more GEMMs, G @ F_b and G^T @ F_a.
-//  * direct form (bhattacharyya, elk): a blocked loop over (i, j, d) with the per-dimension term of
+//  * direct form (bhattacharyya, elk, inclusion): a blocked loop over (i, j, d) with the per-dimension term of
 //    metrics.h; backward accumulates the term's partial derivatives the same way.
 // Neither materialises anything of size N x M x D.
 #include <algorithm>

@@ -19,7 +19,7 @@
 // The GEMM form: csd, w2, l2 and kl are  row term + column term + alpha <f_a, f_b>  (see
 // cpu/pairwise.cpp for the features). Their forward and backward (the two GEMMs G @ F_b and
 // G^T @ F_a) run on tensor cores (pairwise_tc.cu) where the dtype and the matmul precision allow
-// it; otherwise, and for bhattacharyya and elk and float64, this engine runs.
+// it; otherwise, and for bhattacharyya, elk, inclusion and float64, this engine runs.
 //
 // Dtypes: float32 and float64 compute in their own type; float16 and bfloat16 inputs are loaded,
 // converted to float and accumulated in float; the distance matrix (and grad_out) are float32 for
@@ -58,12 +58,14 @@ template <typename Acc>
 constexpr int kChunk = sizeof(Acc) == 8 ? 8 : 16;
 
 // Minimum resident blocks per SM handed to ptxas (__launch_bounds__'s second argument; 0 leaves
-// ptxas's own register target). For these instantiations that target spills (bhattacharyya
-// forward on 16-bit inputs: 12 bytes at 80 registers; kl forward in double: 160 bytes at 128; l2
-// backward in float: 60 bytes at 128), and scripts/cuda_resources.py fails on any spill: the hint
-// moves the target to 128 registers (2 blocks) or 255 (1 block), where they fit.
+// ptxas's own register target). For these instantiations that target spills (bhattacharyya and
+// inclusion forward on 16-bit inputs: 12 bytes at 80 registers; kl forward in double: 160 bytes at
+// 128; l2 backward in float: 60 bytes at 128), and scripts/cuda_resources.py fails on any spill:
+// the hint moves the target to 128 registers (2 blocks) or 255 (1 block), where they fit.
+template <typename Term>
+constexpr bool kLogHeavyTerm = std::is_same_v<Term, BhattacharyyaTerm> || std::is_same_v<Term, InclusionTerm>;
 template <typename Term, typename S>
-constexpr int kForwardMinBlocks = std::is_same_v<Term, BhattacharyyaTerm> && sizeof(S) == 2 ? 2
+constexpr int kForwardMinBlocks = kLogHeavyTerm<Term> && sizeof(S) == 2                       ? 2
                                   : std::is_same_v<Term, KlTerm> && std::is_same_v<S, double> ? 1
                                                                                                : 0;
 template <typename Term, typename S>
@@ -481,7 +483,7 @@ struct TypeTag {
 
 // The one switch from the runtime dtype to the storage type; with visit_metric it spans the
 // instantiation list: {float, double, __half, __nv_bfloat16} x {csd, w2, l2, kl, bhattacharyya,
-// elk} (x {a side, b side} for backward).
+// elk, inclusion} (x {a side, b side} for backward).
 template <typename F>
 void visit_storage(DType dtype, F&& f) {
   switch (dtype) {

@@ -760,7 +760,7 @@ bool device_has_tensor_cores(int device) {
 
 // The rule of docs/design.md's precision table, the same for forward and backward: float32 on
 // tensor cores only when TF32 is allowed; 16-bit csd / l2 always (exact features); 16-bit w2 / kl
-// as float32; never float64, bhattacharyya, elk, or below sm_80.
+// as float32; never float64, bhattacharyya, elk, inclusion, or below sm_80.
 bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, int device) {
   if (metric != Metric::CSD && metric != Metric::L2 && metric != Metric::W2 && metric != Metric::KL)
     return false;

@@ -16,7 +16,10 @@
 
 namespace pcmekit {
 
-enum class Metric : int { CSD = 0, W2 = 1, L2 = 2, KL = 3, Bhattacharyya = 4, ELK = 5 };
+enum class Metric : int { CSD = 0, W2 = 1, L2 = 2, KL = 3, Bhattacharyya = 4, ELK = 5, Inclusion = 6 };
+
+// The largest metric code (the front ends refuse codes above it).
+constexpr Metric kLastMetric = Metric::Inclusion;
 
 const char* metric_name(Metric metric);
 
@@ -138,6 +141,36 @@ struct ElkTerm {
   }
 };
 
+// inclusion: how far a is from being included in b (ProLIP's inclusion measure; docs/design.md,
+// "The metrics"). Not symmetric: inclusion(a, b) = -inclusion(b, a), and the smaller (the more
+// negative) it is, the more a lies inside b. With s1 = var_a + 2 var_b, s2 = 2 var_a + var_b,
+// per dimension
+//   lv_a - lv_b + 1/2 log(s1 / s2) + Delta^2 (1 / s1 - 1 / s2),
+// which is minus ProLIP's logit test(a in b) - test(b in a) at eps = 0. Written as
+// 1/2 log1p((var_b - var_a) / s2) and Delta^2 (var_a - var_b) / (s1 s2), so that nothing cancels
+// when var_a ~ var_b (where the term tends to lv_a - lv_b).
+struct InclusionTerm {
+  template <typename T>
+  PCMEKIT_HD static T value(T ma, T la, T va, T mb, T lb, T vb) {
+    const T d = ma - mb;
+    const T s1 = va + T(2) * vb, s2 = T(2) * va + vb;
+    return la - lb + T(0.5) * log1p((vb - va) / s2) + d * d * (va - vb) / (s1 * s2);
+  }
+  template <typename T>
+  PCMEKIT_HD static TermGrad<T> grad(T ma, T, T va, T mb, T, T vb) {
+    const T d = ma - mb;
+    const T i1 = T(1) / (va + T(2) * vb), i2 = T(1) / (T(2) * va + vb);
+    const T d2 = d * d;
+    const T dm = T(2) * d * (i1 - i2);
+    // d s1 / d var_a = 1, d s2 / d var_a = 2 (and 2, 1 for var_b); then d var / d lv = var.
+    const T dva = T(0.5) * (i1 - T(2) * i2) + d2 * (T(2) * i2 * i2 - i1 * i1);
+    const T dvb = T(0.5) * (T(2) * i1 - i2) + d2 * (i2 * i2 - T(2) * i1 * i1);
+    return {dm, T(1) + va * dva, -dm, -T(1) + vb * dvb};
+  }
+  template <typename T>
+  PCMEKIT_HD static T offset(int64_t) { return T(0); }
+};
+
 // Calls f(Term{}) with the term type of `metric`: the one switch from the runtime enum to the
 // compile-time functor that both back ends use.
 template <typename F>
@@ -148,6 +181,7 @@ PCMEKIT_HD decltype(auto) visit_metric(Metric metric, F&& f) {
     case Metric::KL: return f(KlTerm{});
     case Metric::Bhattacharyya: return f(BhattacharyyaTerm{});
     case Metric::ELK: return f(ElkTerm{});
+    case Metric::Inclusion: return f(InclusionTerm{});
     case Metric::CSD:
     default: return f(CsdTerm{});
   }

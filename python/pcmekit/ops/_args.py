@@ -20,7 +20,7 @@ from .._core import cuda_compiled
 from ..embedding import ProbEmbedding
 
 #: The pairwise distances, in the core's code order (index = ``Metric`` code).
-METRICS: Tuple[str, ...] = ("csd", "w2", "l2", "kl", "bhattacharyya", "elk")
+METRICS: Tuple[str, ...] = ("csd", "w2", "l2", "kl", "bhattacharyya", "elk", "inclusion")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 HALF = (torch.float16, torch.bfloat16)
 

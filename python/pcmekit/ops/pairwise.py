@@ -165,8 +165,10 @@ def pairwise_distance(
     or with two :class:`~pcmekit.ProbEmbedding` ``(a, b)``. ``metric`` is one of ``csd``
     (PCME++'s closed-form sampled distance), ``w2`` (squared 2-Wasserstein), ``l2`` (means only;
     the logvars may be ``None``), ``kl`` (KL(a || b), not symmetric), ``bhattacharyya``, ``elk``
-    (negative log expected likelihood); docs/design.md, "The metrics", gives the formulas.
-    Smaller is closer.
+    (negative log expected likelihood), ``inclusion`` (ProLIP's inclusion measure of "a inside b":
+    antisymmetric, ``inclusion(a, b) = -inclusion(b, a)``, negative when a lies inside b);
+    docs/design.md, "The metrics", gives the formulas. Smaller is closer (for ``inclusion``: a is
+    more included in b).
 
     Returns ``[N, M]`` in the input dtype (float32 for float16/bfloat16 inputs on CUDA), on the
     inputs' device; numpy inputs give a numpy result. Differentiable with respect to all four
@@ -174,7 +176,7 @@ def pairwise_distance(
 
     Accuracy: csd, w2, l2 and kl are computed in inner-product form (a GEMM plus row and column
     terms), so in float32 the absolute error is about 1e-7 times the squared norms of the means;
-    results are clamped at zero. bhattacharyya and elk are computed term by term. NaN inputs give
+    results are clamped at zero. bhattacharyya, elk and inclusion are computed term by term. NaN inputs give
     NaN in the affected rows and columns.
 
     Raises:

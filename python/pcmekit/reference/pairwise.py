@@ -18,13 +18,39 @@ from typing import Optional
 
 import torch
 
-__all__ = ["pairwise_distance_naive", "pairwise_distance_fast", "pcmepp_style_loss"]
+__all__ = ["inclusion_logit_naive", "pairwise_distance_naive", "pairwise_distance_fast", "pcmepp_style_loss"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _logvar_or_zeros(mean: torch.Tensor, logvar: Optional[torch.Tensor]) -> torch.Tensor:
     return torch.zeros_like(mean) if logvar is None else logvar
+
+
+def _inclusion_test(mu1, lv1, mu2, lv2, eps: float):
+    # log of a Gaussian integral of p1^2 p2 as ProLIP writes it (up to constants that cancel in the
+    # difference below): with precisions p = exp(eps - lv), the exponent of p1(x)^2 p2(x) is
+    # -(a x^2 - b x + c), and the integral's x-dependent part gives b^2 / (4 a) - 1/2 log a.
+    p1 = torch.exp(eps - lv1)
+    p2 = torch.exp(eps - lv2)
+    a = p1 + 0.5 * p2
+    b = 2 * mu1 * p1 + mu2 * p2
+    c = mu1 * mu1 * p1 + 0.5 * mu2 * mu2 * p2
+    return -2 * lv1 - lv2 - 0.5 * torch.log(a) + b * b / (4 * a) - c
+
+
+def inclusion_logit_naive(
+    mu1: torch.Tensor, lv1: torch.Tensor, mu2: torch.Tensor, lv2: torch.Tensor, eps: float = 0.0
+) -> torch.Tensor:
+    """ProLIP's per-dimension inclusion logit of "1 is included in 2", elementwise (broadcasting).
+
+    ``test(1 in 2) - test(2 in 1)`` in the literal quadratic form (a, b, c of the Gaussian
+    integral; docs/design.md, "The metrics"), large when 1 lies inside 2. ``eps`` multiplies the
+    precisions by ``exp(eps)`` (ProLIP trains with eps = -10); the ``inclusion`` metric is minus its
+    sum over the dimensions at eps = 0. Deliberately not the simplified closed form the kernels use,
+    so comparing the two checks the algebra too.
+    """
+    return _inclusion_test(mu1, lv1, mu2, lv2, eps) - _inclusion_test(mu2, lv2, mu1, lv1, eps)
 
 
 def pairwise_distance_naive(
@@ -54,6 +80,8 @@ def pairwise_distance_naive(
     if metric == "elk":
         s = va + vb
         return 0.5 * (d2 / s + torch.log(s)).sum(-1) + 0.5 * a_mean.shape[1] * _LOG_2PI
+    if metric == "inclusion":
+        return -inclusion_logit_naive(a_mean[:, None, :], la, b_mean[None, :, :], lb).sum(-1)
     raise ValueError(f"unknown metric {metric!r}")
 
 
@@ -93,7 +121,7 @@ def pairwise_distance_fast(
         row = -0.5 * a_logvar.sum(1) - 0.5 * a_mean.shape[1]
         col = 0.5 * (b_mean * b_mean * inv_vb + b_logvar).sum(1)
         return torch.addmm(row[:, None] + col[None, :], a_feat, b_feat.T).clamp_min(0)
-    if metric in ("bhattacharyya", "elk"):
+    if metric in ("bhattacharyya", "elk", "inclusion"):
         assert a_logvar is not None and b_logvar is not None
         chunks = [
             pairwise_distance_naive(
