@@ -18,9 +18,9 @@
 //    of kTileRows x kTileCols scores (single-threaded), and the selection reads it.
 //
 // Threads: a grid of row blocks x gallery shards, one cell per thread, each with its own heaps.
-// Many queries: one shard, rows split between threads (each packs the gallery itself; at
-// Q / threads rows per pack the packing is a few percent of the multiply-adds). Few queries: all
-// rows in every cell, the gallery split into shards, and each row's shard lists merged at the end.
+// The gallery is split into shards, every cell taking all rows, and each row's shard lists are
+// merged at the end: each cell then packs only its shard. Only a gallery too small to shard
+// (under kTileCols items a thread) with many queries splits the rows instead.
 // Extra memory: threads x Q x k heap entries plus per-thread GEMM scratch or tiles; none of it
 // grows with N.
 //
@@ -51,7 +51,7 @@ namespace pcmekit::cpu {
 namespace {
 
 // Rows per cell below which splitting the queries between threads stops paying (each cell packs
-// the whole gallery once): below it, the gallery is split instead.
+// the whole gallery once).
 constexpr int64_t kMinRowsPerCell = 48;
 // Tile of the tiled producer: small enough to stay in L2, wide enough that per-call set-up (the
 // kernels copy both sides' rows and take exp of the log-variances) is a few percent.
@@ -225,10 +225,13 @@ Grid plan_grid(int64_t q, int64_t n, int num_threads) {
   const int64_t threads = resolve_threads(num_threads);
   Grid g;
   if (threads <= 1) return g;
-  if (q >= kMinRowsPerCell * threads) {
-    g.row_blocks = threads;
+  // Shards first: a cell packs only its shard of the gallery, where a row block packs all of it
+  // (packing costs ~16 multiply-adds an element, 16 / Q of the work against 16 threads / Q).
+  const int64_t shards = std::min<int64_t>(threads, n / kTileCols);
+  if (shards < threads && q >= kMinRowsPerCell * threads) {
+    g.row_blocks = threads;  // a small gallery: the queries are split instead
   } else {
-    g.shards = std::max<int64_t>(1, std::min<int64_t>(threads, n / kTileCols));
+    g.shards = std::max<int64_t>(1, shards);
   }
   return g;
 }
