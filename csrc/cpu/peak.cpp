@@ -22,84 +22,30 @@
 namespace pcmekit::cpu {
 namespace {
 
-// Flops of one iteration of a loop: chains x lanes x 2.
-constexpr int64_t flops_per_iteration(int lanes, int chains) { return int64_t{2} * lanes * chains; }
-
-// The portable path: 16-byte vectors of the compiler's own, multiply then add (what the generic
-// micro-kernels issue on a CPU without FMA; on AArch64 the compiler may fuse them, and the count
-// stays two operations per lane).
-template <typename T>
-double generic_loop(int64_t iterations) {
-  typedef T V __attribute__((vector_size(16)));
-  constexpr int kChains = 8;
-  V acc[kChains];
-  const V b = V{} + T(1.0000001), c = V{} + T(1e-9);
-  for (int i = 0; i < kChains; ++i) acc[i] = V{} + T(i);
-  for (int64_t it = 0; it < iterations; ++it) {
-#pragma GCC unroll 8
-    for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * b + c;
+// One loop, stamped out per instruction set (GCC applies a target attribute to a whole function,
+// and a template cannot take it as a parameter). V is a GCC vector of `Bytes` bytes of T;
+// acc * b + c compiles to one FMA where the target has it (contraction is on by default), to a
+// multiply and an add on the generic path.
+#define PCMEKIT_DEFINE_FMA_LOOP(NAME, ATTRIBUTES)                          \
+  template <typename T, int Bytes, int Chains>                            \
+  ATTRIBUTES double NAME(int64_t iterations) {                            \
+    typedef T V __attribute__((vector_size(Bytes)));                      \
+    V acc[Chains];                                                        \
+    const V b = V{} + T(1.0000001), c = V{} + T(1e-9);                    \
+    for (int i = 0; i < Chains; ++i) acc[i] = V{} + T(i);                 \
+    for (int64_t it = 0; it < iterations; ++it) {                         \
+      _Pragma("GCC unroll 16") for (int i = 0; i < Chains; ++i)           \
+        acc[i] = acc[i] * b + c;                                          \
+    }                                                                     \
+    double sum = 0;                                                       \
+    for (int i = 0; i < Chains; ++i) sum += double(acc[i][0]);            \
+    return sum;                                                           \
   }
-  double sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += double(acc[i][0]);
-  return sum;
-}
 
+PCMEKIT_DEFINE_FMA_LOOP(generic_loop, )
 #ifdef PCMEKIT_PEAK_X86
-__attribute__((target("avx2,fma"))) double avx2_loop_float(int64_t iterations) {
-  constexpr int kChains = 12;  // of 16 ymm registers: 12 chains, b and c
-  __m256 acc[kChains];
-  const __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-9f);
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(float(i));
-  for (int64_t it = 0; it < iterations; ++it) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], b, c);
-  }
-  double sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += _mm256_cvtss_f32(acc[i]);
-  return sum;
-}
-
-__attribute__((target("avx2,fma"))) double avx2_loop_double(int64_t iterations) {
-  constexpr int kChains = 12;
-  __m256d acc[kChains];
-  const __m256d b = _mm256_set1_pd(1.0000001), c = _mm256_set1_pd(1e-9);
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_pd(double(i));
-  for (int64_t it = 0; it < iterations; ++it) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_pd(acc[i], b, c);
-  }
-  double sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += _mm256_cvtsd_f64(acc[i]);
-  return sum;
-}
-
-__attribute__((target("avx512f,avx512dq,fma"))) double avx512_loop_float(int64_t iterations) {
-  constexpr int kChains = 16;
-  __m512 acc[kChains];
-  const __m512 b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-9f);
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(float(i));
-  for (int64_t it = 0; it < iterations; ++it) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
-  }
-  double sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += _mm512_cvtss_f32(acc[i]);
-  return sum;
-}
-
-__attribute__((target("avx512f,avx512dq,fma"))) double avx512_loop_double(int64_t iterations) {
-  constexpr int kChains = 16;
-  __m512d acc[kChains];
-  const __m512d b = _mm512_set1_pd(1.0000001), c = _mm512_set1_pd(1e-9);
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_pd(double(i));
-  for (int64_t it = 0; it < iterations; ++it) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_pd(acc[i], b, c);
-  }
-  double sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += _mm512_cvtsd_f64(acc[i]);
-  return sum;
-}
+PCMEKIT_DEFINE_FMA_LOOP(avx2_loop, __attribute__((target("avx2,fma"))))
+PCMEKIT_DEFINE_FMA_LOOP(avx512_loop, __attribute__((target("avx512f,avx512dq,fma"))))
 #endif
 
 struct Loop {
@@ -107,17 +53,20 @@ struct Loop {
   int64_t flops_per_iteration;
 };
 
-Loop loop_for(Isa isa, bool dbl) {
+// Chains x lanes x 2 flops an iteration. 16 chains of zmm; 12 of the 16 ymm (b and c take two);
+// 8 of the 16 xmm.
+template <typename T, int Bytes, int Chains>
+constexpr Loop make_loop(double (*run)(int64_t)) {
+  return Loop{run, int64_t{2} * Chains * Bytes / int64_t(sizeof(T))};
+}
+
+template <typename T>
+Loop loop_for(Isa isa) {
 #ifdef PCMEKIT_PEAK_X86
-  if (isa == Isa::avx512)
-    return dbl ? Loop{avx512_loop_double, flops_per_iteration(8, 16)}
-               : Loop{avx512_loop_float, flops_per_iteration(16, 16)};
-  if (isa == Isa::avx2)
-    return dbl ? Loop{avx2_loop_double, flops_per_iteration(4, 12)}
-               : Loop{avx2_loop_float, flops_per_iteration(8, 12)};
+  if (isa == Isa::avx512) return make_loop<T, 64, 16>(avx512_loop<T, 64, 16>);
+  if (isa == Isa::avx2) return make_loop<T, 32, 12>(avx2_loop<T, 32, 12>);
 #endif
-  return dbl ? Loop{generic_loop<double>, flops_per_iteration(2, 8)}
-             : Loop{generic_loop<float>, flops_per_iteration(4, 8)};
+  return make_loop<T, 16, 8>(generic_loop<T, 16, 8>);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -144,7 +93,7 @@ FmaPeak measure_fma_peak(Isa isa, bool double_precision, int threads, double sec
                                 "' is not supported by this CPU");
   if (threads < 1) throw std::invalid_argument("fma_peak: threads must be >= 1, got " + std::to_string(threads));
   if (!(seconds > 0)) throw std::invalid_argument("fma_peak: seconds must be > 0");
-  const Loop loop = loop_for(isa, double_precision);
+  const Loop loop = double_precision ? loop_for<double>(isa) : loop_for<float>(isa);
   std::atomic<double> sink{0};  // the chains' results go somewhere, so the loops are not dead
 
   // Calibration on one thread: double the count until a run takes 10 ms (this also wakes the
