@@ -27,9 +27,12 @@ SUITES: Dict[str, str] = {
     "match_prob": "pcmekit.bench.match_prob",
     "optim": "pcmekit.bench.optim",
     "topk": "pcmekit.bench.topk",
+    "sweep": "pcmekit.bench.sweep",
 }
 
-FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "queries_per_s", "notes"]
+FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "speedup", "peak_mb", "queries_per_s", "notes",
+          # the sweep's structured fields (empty for the other suites)
+          "op", "q", "n", "d", "repeats", "compile_s"]
 
 
 @dataclasses.dataclass
