@@ -185,6 +185,50 @@ def test_topk_suite_adds_keops_within_its_budget(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# A peer that is missing, fails or is too slow: the sweep goes on and says why.
+
+TINY = {"Q": [4], "N": [2000], "D": [32], "op": ["topk"]}
+
+
+def _run_tiny(**kwargs):
+    rows = sweep.run(sweep.SweepConfig(quick=True, grid=dict(TINY), **kwargs))
+    return {r["impl"]: r for r in rows}
+
+
+def test_sweep_runs_without_keops_and_says_why(monkeypatch):
+    monkeypatch.setattr(_keops, "load", lambda: (None, "pykeops not installed (pip install pykeops): test"))
+    rows = _run_tiny()
+    assert "keops LazyTensor" not in rows and {"pcmekit", "torch (chunked)"} <= set(rows)
+    assert "pykeops not installed" in rows["pcmekit"]["notes"]
+
+
+@pytest.mark.skipif(not _keops_available(), reason="pykeops is not installed")
+def test_sweep_drops_a_failing_keops_call_with_the_reason(monkeypatch):
+    def broken(self, q_mean, q_logvar):
+        raise RuntimeError("formula did not compile")
+
+    monkeypatch.setattr(_keops.KeOpsCSD, "__call__", broken)
+    rows = _run_tiny()
+    assert "keops LazyTensor" not in rows
+    assert "keops failed: RuntimeError: formula did not compile" in rows["pcmekit"]["notes"]
+
+
+def test_sweep_skips_a_contender_estimated_over_max_call_s(monkeypatch):
+    real = sweep.calibrate
+
+    def slow_torch(op, grid, device):
+        speeds = real(op, grid, device)
+        speeds["torch"] = sweep.Speed(gflops=1e-6, gbps=1e-6)  # hours per call
+        return speeds
+
+    monkeypatch.setattr(sweep, "calibrate", slow_torch)
+    rows = _run_tiny(max_call_s=5.0)
+    assert "torch (chunked)" not in rows and "pcmekit" in rows
+    notes = rows["pcmekit"]["notes"]
+    assert "torch skipped: estimated" in notes and "max_call_s 5" in notes and "no baseline row" in notes
+
+
+# ---------------------------------------------------------------------------------------------
 # End to end through the CLI.
 
 

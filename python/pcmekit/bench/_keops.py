@@ -33,11 +33,12 @@ import getpass
 import os
 import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 
-__all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "first_calls", "compile_note", "compile_seconds", "describe_error"]
+__all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "first_calls", "compile_note", "compile_seconds",
+           "take_compile", "describe_error"]
 
 _state: Dict[str, Any] = {"module": None, "error": None, "import_s": None}
 
@@ -172,3 +173,17 @@ def compile_seconds(key: Tuple[int, str, str, int]) -> Optional[float]:
         return None
     first, steady = first_calls[key]
     return max(0.0, first - steady)
+
+
+_reported: Set[Tuple[int, str, str, int]] = set()
+
+
+def take_compile(key: Tuple[int, str, str, int]) -> Tuple[Optional[float], str]:
+    """``(compile seconds, note)`` for the first row that reports this formula; later rows get
+    ``(None, "... earlier in this run")``, so a column of compile times adds up to the time spent."""
+    if key not in first_calls:
+        return None, ""
+    if key in _reported:
+        return None, f"keops formula D={key[0]} compiled or loaded earlier in this run"
+    _reported.add(key)
+    return compile_seconds(key), compile_note(key)
