@@ -139,6 +139,8 @@ def test_plot_grid_writes_a_png(tmp_path):
     path = tmp_path / "grid.png"
     assert sweep.plot_grid(rows, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sweep._ratio_ticks(0.3, 3.0) == [0.5, 1.0, 2.0]  # labels inside one decade too
+    assert sweep._ratio_ticks(0.01, 100.0) == [0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ then loads it from its cache. Two things follow:
   ``~/.cache``. :func:`load` sets ``KEOPS_CACHE_FOLDER`` before the import, unless the caller set
   it already: ``PCMEKIT_KEOPS_CACHE`` if given, else ``<tmp>/pcmekit-keops-<user>`` (a tmp folder,
   so a benchmark never writes into the home directory; it persists between runs, so a formula is
-  compiled once per machine). ``KEOPS_VERBOSE`` is set to ``0`` unless given, so its build
-  messages do not tear the progress bar.
+  compiled once per machine). ``KEOPS_VERBOSE`` and ``PYKEOPS_VERBOSE`` are set to ``0`` unless
+  given, so its build messages do not tear the progress bar (the compile time is in the notes).
 * **Compile time is not run time.** :class:`KeOpsCSD` records the first call of each formula
   (compile or cache load included) separately from the steady state; the suites report both.
 
@@ -69,6 +69,7 @@ def load() -> Tuple[Optional[Any], str]:
         return _state["module"], _state["error"] or ""
     os.environ.setdefault("KEOPS_CACHE_FOLDER", cache_folder())
     os.environ.setdefault("KEOPS_VERBOSE", "0")
+    os.environ.setdefault("PYKEOPS_VERBOSE", "0")
     start = time.perf_counter()
     try:
         from pykeops.torch import LazyTensor  # type: ignore[import-not-found,import-untyped,unused-ignore]

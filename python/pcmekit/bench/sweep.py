@@ -27,7 +27,10 @@ Method, per cell:
    (a compute-bound and a gallery-streaming shape, giving a GFLOP/s and a GB/s), refined by the
    timed agreement call. A contender whose estimated call exceeds ``max_call_s`` (60 s; CLI
    ``--max-call-s``) is skipped in that cell and the skip is reported: on 2 cores a single
-   KeOps CPU call at Q = 5000, N = 200000, D = 1024 would take over half an hour.
+   KeOps CPU call at Q = 5000, N = 200000, D = 1024 would take over half an hour. So is one
+   whose agreement call, scaled from its 64 queries to Q, exceeds twice ``max_call_s`` (the
+   factor 2 leaves room for the gain from batching more queries), in case the probes were
+   optimistic, e.g. because the machine's load changed.
 3. **Adaptive, interleaved timing.** One untimed warm-up call (unless a call takes over 1 s: the
    agreement call has then warmed the code path). A sample is a batch of calls of at least
    20 ms, its time divided by the batch size; each contender gets ``max(3, 0.3 s / sample)``
@@ -253,8 +256,9 @@ def estimate_call_s(speed: Optional[Speed], op: str, q: int, n: int, d: int) -> 
 
 
 def estimate_measurement_s(call_s: float, q: int, target_s: float = TARGET_S) -> float:
-    """Estimated seconds one contender spends in a cell: check, warm-up, timed samples."""
-    check = call_s * min(1.0, CHECK_QUERIES / q) if q > 0 else 0.0
+    """Estimated seconds one contender spends in a cell: check (a warm-up and a timed call on
+    the first queries), warm-up, timed samples."""
+    check = 2 * call_s * min(1.0, CHECK_QUERIES / q) if q > 0 else 0.0
     warm = call_s if call_s < WARM_LIMIT_S else 0.0
     return check + warm + max(target_s, MIN_SAMPLES * call_s)
 
@@ -424,18 +428,23 @@ def _run_cell(op: str, q: int, n: int, d: int, inputs: topk_suite.Inputs, conten
                 raise
             notes.append(_keops.describe_error(err) if c.keops is not None else f"{c.peer} failed: {err}")
             continue
-        refined = t_sub if q <= sub else min(est, t_sub * q / sub)
-        active.append((c, refined))
+        scaled = t_sub * q / sub  # an overestimate where a call gains from batching queries
+        if q > sub and scaled > 2 * max_call_s:
+            notes.append(f"{c.peer} skipped: its call on {sub} queries took {t_sub:.2f} s, about "
+                         f"{scaled:.0f} s for {q} > 2 x max_call_s {max_call_s:g}")
+            del results[c.name]
+            continue
+        active.append((c, t_sub if q <= sub else min(est, scaled)))
     agreement = _agreement(op, results, (qm[:sub], ql[:sub], gm, gl)) if results else ""
     case = (f"top-{K} csd Q={q} N={n} D={d} fp32" if op == "topk" else f"csd matrix Q={q} N={n} D={d} fp32 fwd")
+    if not active:
+        print(f"[sweep] {case}: no contender ran ({'; '.join(notes)})")
+        return []
     # Time.
     with torch.no_grad():
         fns = [(lambda c=c: c.fn(qm, ql)) for c, _ in active]
         timings = interleaved_adaptive(fns, [est for _, est in active], dev, target_s)
     flops = _flops(q, n, d)
-    if not active:
-        print(f"[sweep] {case}: no contender ran ({'; '.join(notes)})")
-        return []
     lead = next((c.name for c, _ in active if c.peer == "pcmekit"), active[0][0].name)
     if not any(c.baseline for c, _ in active):
         notes.append("no baseline row in this cell")
@@ -550,6 +559,7 @@ def plot_grid(rows: Sequence[Dict[str, Any]], path: Path) -> bool:
             ax.set_ylim(low, high)
             ax.axhspan(low, 1.0, color="#f2dede", alpha=0.6, zorder=0)
             ax.axhline(1.0, color="black", lw=1, ls="--")
+            ax.set_yticks(_ratio_ticks(low, high))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
             ax.yaxis.set_minor_formatter(NullFormatter())
             what = f"top-{K}" if op == "topk" else "matrix"
@@ -578,6 +588,17 @@ def plot_grid(rows: Sequence[Dict[str, Any]], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _ratio_ticks(low: float, high: float) -> List[float]:
+    """Ticks for a log axis of ratios: 1, 2, 5 per decade, or only powers of ten when that is
+    more than seven."""
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    ticks = [t for t in ticks if low <= t <= high]
+    if len(ticks) > 7:
+        ticks = [t for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))]
+    return ticks
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m pcmekit.bench.sweep [--quick]
