@@ -215,19 +215,21 @@ def test_sweep_drops_a_failing_keops_call_with_the_reason(monkeypatch):
     assert "keops failed: RuntimeError: formula did not compile" in rows["pcmekit"]["notes"]
 
 
-def test_sweep_skips_a_contender_estimated_over_max_call_s(monkeypatch):
+def test_sweep_skips_a_peer_estimated_over_max_call_s_but_never_pcmekit_or_torch(monkeypatch):
+    peers = [p for p, ok in (("faiss", topk_suite.faiss_module() is not None), ("keops", _keops_available())) if ok]
+    if not peers:
+        pytest.skip("neither faiss-cpu nor pykeops is installed")
     real = sweep.calibrate
 
-    def slow_torch(op, grid, device):
-        speeds = real(op, grid, device)
-        speeds["torch"] = sweep.Speed(gflops=1e-6, gbps=1e-6)  # hours per call
-        return speeds
+    def all_slow(op, grid, device):
+        return {peer: sweep.Speed(gflops=1e-6, gbps=1e-6) for peer in real(op, grid, device)}  # hours per call
 
-    monkeypatch.setattr(sweep, "calibrate", slow_torch)
+    monkeypatch.setattr(sweep, "calibrate", all_slow)
     rows = _run_tiny(max_call_s=5.0)
-    assert "torch (chunked)" not in rows and "pcmekit" in rows
+    assert set(rows) == {"pcmekit", "torch (chunked)"}
     notes = rows["pcmekit"]["notes"]
-    assert "torch skipped: estimated" in notes and "max_call_s 5" in notes and "no baseline row" in notes
+    for peer in peers:
+        assert f"{peer} skipped: estimated" in notes and "max_call_s 5" in notes
 
 
 # ---------------------------------------------------------------------------------------------

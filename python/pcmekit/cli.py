@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
                        help="sweep only: replace grid values, keys Q, N, D, op (e.g. --grid Q=1,16 N=2000 D=32,64)")
     bench.add_argument("--max-call-s", type=float, default=None, metavar="SECONDS",
-                       help="sweep only: skip a contender in a cell whose estimated call takes longer (default 60)")
+                       help="sweep only: skip a peer (faiss, KeOps) in a cell whose estimated call takes longer (default 30)")
 
     from .train import LOSSES
 

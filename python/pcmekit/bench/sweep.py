@@ -25,12 +25,13 @@ Method, per cell:
    dropped from the cell with the reason in the notes; a wrong answer stops the sweep.
 2. **Time budget.** Each contender's call time is estimated from two probes run before the sweep
    (a compute-bound and a gallery-streaming shape, giving a GFLOP/s and a GB/s), refined by the
-   timed agreement call. A contender whose estimated call exceeds ``max_call_s`` (60 s; CLI
-   ``--max-call-s``) is skipped in that cell and the skip is reported: on 2 cores a single
-   KeOps CPU call at Q = 5000, N = 200000, D = 1024 would take over half an hour. So is one
-   whose agreement call, scaled from its 64 queries to Q, exceeds twice ``max_call_s`` (the
+   timed agreement call. A peer (faiss, KeOps) whose estimated call exceeds ``max_call_s``
+   (30 s; CLI ``--max-call-s``) is skipped in that cell and the skip is reported: on 2 cores a
+   single KeOps CPU call at Q = 5000, N = 200000, D = 1024 would take over half an hour. So is
+   one whose agreement call, scaled from its 64 queries to Q, exceeds twice ``max_call_s`` (the
    factor 2 leaves room for the gain from batching more queries), in case the probes were
-   optimistic, e.g. because the machine's load changed.
+   optimistic, e.g. because the machine's load changed. pcmekit and the torch baseline always
+   run: they are the comparison every cell exists for, and the ETA includes them.
 3. **Adaptive, interleaved timing.** One untimed warm-up call (unless a call takes over 1 s: the
    agreement call has then warmed the code path). A sample is a batch of calls of at least
    20 ms, its time divided by the batch size; each contender gets ``max(3, 0.3 s / sample)``
@@ -87,7 +88,8 @@ QUICK_TARGET_S = 0.05  # --quick: a smoke test, not a measurement
 SAMPLE_S = 0.02  # least seconds per timed sample (a batch of calls)
 MIN_SAMPLES, MAX_SAMPLES, MAX_BATCH = 3, 200, 1000
 WARM_LIMIT_S = 1.0  # calls longer than this get no separate warm-up
-DEFAULT_MAX_CALL_S = 60.0
+DEFAULT_MAX_CALL_S = 30.0
+ALWAYS_RUN = ("pcmekit", "torch")  # never skipped for time: the subject and the baseline of every cell
 PNG_NAME = "sweep_grid.png"
 
 Fn = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -98,7 +100,8 @@ class SweepConfig(BenchConfig):
     """:class:`BenchConfig` plus the sweep's own settings (other suites ignore them).
 
     ``grid``: overrides of :data:`FULL_GRID` / :data:`QUICK_GRID` (:func:`parse_grid`'s output);
-    ``max_call_s``: the longest estimated call a contender may have in a cell; ``out_dir``: where
+    ``max_call_s``: the longest estimated call a peer (not pcmekit or torch) may have in a cell;
+    ``out_dir``: where
     ``sweep_grid.png`` goes (None: no plot). ``repeats`` and ``warmup`` do not apply: the sweep
     picks its repeat counts per cell (module docstring).
     """
@@ -301,7 +304,9 @@ def _probe_shapes(op: str, grid: Dict[str, List[Any]]) -> Tuple[int, List[Tuple[
     """``(D, [(Q, N) compute-bound, (Q, N) streaming])`` for the probes of ``op``."""
     ns = [n for n in grid["N"] if op != "pairwise" or n <= PAIRWISE_MAX_N]
     d = min(grid["D"], key=lambda x: abs(math.log(x / 256)))
-    compute = (min(256, max(grid["Q"])), min(16000, max(ns)))
+    # Q = 2048: enough queries that the kernels reach the rate they have at Q = 5000 (at Q = 256
+    # pcmekit runs several times below it, and the big cells would be overestimated).
+    compute = (min(2048, max(grid["Q"])), min(16000, max(ns)))
     stream = (min(grid["Q"]), max(ns))
     return d, [compute, stream]
 
@@ -391,9 +396,9 @@ def _cell_estimate(cell: Tuple[str, int, int, int], speeds: Dict[str, Speed], ma
                    target_s: float) -> float:
     op, q, n, d = cell
     total = 0.0
-    for speed in speeds.values():
+    for peer, speed in speeds.items():
         call = estimate_call_s(speed, op, q, n, d)
-        if call <= max_call_s:
+        if call <= max_call_s or peer in ALWAYS_RUN:
             total += estimate_measurement_s(call, q, target_s)
     return total
 
@@ -413,7 +418,7 @@ def _run_cell(op: str, q: int, n: int, d: int, inputs: topk_suite.Inputs, conten
     results: Dict[str, Any] = {}
     for c in contenders:
         est = estimate_call_s(speeds.get(c.peer), op, q, n, d)
-        if est > max_call_s:
+        if est > max_call_s and c.peer not in ALWAYS_RUN:
             notes.append(f"{c.peer} skipped: estimated {est:.0f} s per call > max_call_s {max_call_s:g}")
             continue
         try:
@@ -429,7 +434,7 @@ def _run_cell(op: str, q: int, n: int, d: int, inputs: topk_suite.Inputs, conten
             notes.append(_keops.describe_error(err) if c.keops is not None else f"{c.peer} failed: {err}")
             continue
         scaled = t_sub * q / sub  # an overestimate where a call gains from batching queries
-        if q > sub and scaled > 2 * max_call_s:
+        if q > sub and scaled > 2 * max_call_s and c.peer not in ALWAYS_RUN:
             notes.append(f"{c.peer} skipped: its call on {sub} queries took {t_sub:.2f} s, about "
                          f"{scaled:.0f} s for {q} > 2 x max_call_s {max_call_s:g}")
             del results[c.name]
@@ -446,8 +451,6 @@ def _run_cell(op: str, q: int, n: int, d: int, inputs: topk_suite.Inputs, conten
         timings = interleaved_adaptive(fns, [est for _, est in active], dev, target_s)
     flops = _flops(q, n, d)
     lead = next((c.name for c, _ in active if c.peer == "pcmekit"), active[0][0].name)
-    if not any(c.baseline for c, _ in active):
-        notes.append("no baseline row in this cell")
     rows = []
     for (c, _), (seconds, calls) in zip(active, timings):
         extra: List[str] = [c.note]
