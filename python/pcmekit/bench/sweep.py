@@ -101,9 +101,8 @@ class SweepConfig(BenchConfig):
 
     ``grid``: overrides of :data:`FULL_GRID` / :data:`QUICK_GRID` (:func:`parse_grid`'s output);
     ``max_call_s``: the longest estimated call a peer (not pcmekit or torch) may have in a cell;
-    ``out_dir``: where
-    ``sweep_grid.png`` goes (None: no plot). ``repeats`` and ``warmup`` do not apply: the sweep
-    picks its repeat counts per cell (module docstring).
+    ``out_dir``: where ``sweep_grid.png`` goes (None: no plot). ``repeats`` and ``warmup`` do not
+    apply: the sweep picks its repeat counts per cell (module docstring).
     """
 
     grid: Optional[Dict[str, List[Any]]] = None
