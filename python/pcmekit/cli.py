@@ -16,9 +16,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from .bench import BenchConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)")
     bench.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for CSV/JSON/PNG output")
+    bench.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
+                       help="sweep only: replace grid values, keys Q, N, D, op (e.g. --grid Q=1,16 N=2000 D=32,64)")
+    bench.add_argument("--max-call-s", type=float, default=None, metavar="SECONDS",
+                       help="sweep only: skip a peer (faiss, KeOps) in a cell whose estimated call takes longer (default 30)")
 
     from .train import LOSSES
 
@@ -109,14 +116,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not cuda_available():
             print("pcmekit bench: --device cuda requested but pcmekit has no usable CUDA device", file=sys.stderr)
             return 2
-    names = list(SUITES) if args.suites == ["all"] else args.suites
-    config = BenchConfig(quick=args.quick, device=args.device, repeats=args.repeats, warmup=args.warmup)
+    # "all": every suite but the sweep, which takes tens of minutes and is run by name.
+    names = [n for n in SUITES if n != "sweep"] if args.suites == ["all"] else args.suites
+    config: BenchConfig = BenchConfig(quick=args.quick, device=args.device, repeats=args.repeats, warmup=args.warmup)
     try:
+        if "sweep" in names:
+            config = _sweep_config(args, config)
+        elif args.grid is not None or args.max_call_s is not None:
+            raise ValueError("--grid and --max-call-s apply to the sweep suite only (pcmekit bench sweep ...)")
         run_suites(names, config, args.out)
     except ValueError as err:
         print(f"pcmekit bench: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _sweep_config(args: argparse.Namespace, base: BenchConfig) -> BenchConfig:
+    """The sweep's config: the common options plus --grid, --max-call-s and the output folder."""
+    import dataclasses
+
+    from .bench.sweep import DEFAULT_MAX_CALL_S, SweepConfig, parse_grid
+
+    max_call_s = DEFAULT_MAX_CALL_S if args.max_call_s is None else args.max_call_s
+    if not max_call_s > 0:
+        raise ValueError(f"--max-call-s must be positive, got {args.max_call_s}")
+    grid = parse_grid(args.grid) if args.grid is not None else None
+    return SweepConfig(**dataclasses.asdict(base), grid=grid, max_call_s=max_call_s, out_dir=str(args.out))
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -28,10 +28,13 @@ SUITES: Dict[str, str] = {
     "optim": "pcmekit.bench.optim",
     "topk": "pcmekit.bench.topk",
     "peak": "pcmekit.bench.peak",
+    "sweep": "pcmekit.bench.sweep",
 }
 
 FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "pct_peak", "speedup", "peak_mb",
-          "queries_per_s", "notes"]
+          "queries_per_s", "notes",
+          # the sweep's structured fields (empty for the other suites)
+          "op", "q", "n", "d", "repeats", "compile_s"]
 
 
 @dataclasses.dataclass
@@ -168,6 +171,8 @@ def _plot(rows: Sequence[Dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     cases = list(dict.fromkeys((r["suite"], r["case"]) for r in rows))
+    if len(cases) > 40:  # a bar chart that tall says nothing (the sweep draws its own grid plot)
+        return False
     fig, axes = plt.subplots(len(cases), 1, figsize=(8, 1.6 + 1.1 * len(cases) * 1.5), squeeze=False)
     for ax, key in zip(axes[:, 0], cases):
         sel = [r for r in rows if (r["suite"], r["case"]) == key]

@@ -12,8 +12,14 @@ Gallery sizes N = 25 000 (COCO 5K's captions) and N = 200 000 (on CUDA also N = 
   |mu_q - mu_g|^2 + s_g, and adding s_q back gives CSD exactly. The index is built once, outside
   the timing (like the inputs of the other two); the timing covers forming the query rows, the
   search and adding s_q back. faiss uses ``torch.get_num_threads()`` OpenMP threads.
+* ``keops LazyTensor`` -- when ``pykeops`` is importable (:mod:`pcmekit.bench._keops`):
+  ``Kmin_argKmin`` over the exact CSD formula. Its first call of a formula compiles it (or loads
+  it from KeOps' cache); that happens on the first 16 queries, before the agreement check, and is
+  reported in the notes and as ``compile_s``, never timed. KeOps' CPU back end is much slower
+  than the others on large problems, so it is skipped (with the estimate in the notes) when its
+  timing would exceed ``KEOPS_BUDGET_S``, estimated from that first call.
 
-Before timing, the three results for the first queries (all of them with ``--quick``) are
+Before timing, the results for the first queries (all of them with ``--quick``) are
 checked: no duplicate indices; each contender's values equal the float64 CSD of the pairs it
 returned (relative 1e-4); the k float64 CSDs of the pairs each contender returned agree between
 contenders (so each found the true neighbours, up to near-ties within float32 rounding); the share
@@ -36,12 +42,14 @@ import torch
 
 from .. import reference
 from ..retrieval import topk
-from . import BenchConfig, median_time, row
+from . import BenchConfig, _keops, median_time, row
 from ._memory import cuda_peak_mb, peak_rss_mb
 
 SUITE = "topk"
 K = 10
 CHUNK = 8192  # gallery rows per chunk of the torch baseline (reference.topk_chunked's default)
+KEOPS_BUDGET_S = 120.0  # the most seconds KeOps' warm-up and timed calls may take in one case
+KEOPS_PROBE_QUERIES = 16
 
 Inputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -149,10 +157,18 @@ def check_agreement(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], input
 def memory_workload(args: Dict[str, Any], small: bool) -> Callable[[], Any]:
     """Builds the inputs (and the faiss index) of one contender, returns the call to measure."""
     q, n, d = (16, 64, 8) if small else (args["q"], args["n"], args["d"])
+    if small and args["impl"] == "keops":
+        d = args["d"]  # the same KeOps formula, so the warm-up loads it instead of compiling another
     inputs = make_inputs(q, n, d, seed=1 if small else 0)
     if args["impl"] == "faiss":
         index = FaissCSD(faiss_module(), inputs[2], inputs[3])
         call = lambda: index(inputs[0], inputs[1])  # noqa: E731
+    elif args["impl"] == "keops":
+        lazy, why = _keops.load()
+        if lazy is None:
+            raise RuntimeError(why)
+        kcsd = _keops.KeOpsCSD(lazy, inputs[2], inputs[3], K)
+        call = lambda: kcsd(inputs[0], inputs[1])  # noqa: E731
     else:
         fn = ours if args["impl"] == "ours" else baseline
         call = lambda: fn(*inputs)  # noqa: E731
@@ -198,6 +214,7 @@ def _run_case(config: BenchConfig, q: int, n: int, d: int, faiss: Optional[Any])
         faiss_index = FaissCSD(faiss, gm, gl)
         build = f"exact L2 reduction; index build not timed (index {faiss_index.bytes / 1e6:.0f} MB)"
         contenders["faiss IndexFlatL2"] = ("faiss", faiss_index, build)
+    keops_note, compile_s = _add_keops(contenders, inputs, config)
 
     # Agreement on the first queries, before any timing.
     check_rows = q if config.quick else min(q, 500)
@@ -207,6 +224,8 @@ def _run_case(config: BenchConfig, q: int, n: int, d: int, faiss: Optional[Any])
     del results
     if faiss is None and not on_cuda:
         agreement += "; faiss-cpu not installed (pip install faiss-cpu)"
+    if keops_note and "keops LazyTensor" not in contenders:
+        agreement += "; " + keops_note
 
     case = f"top-{K} csd Q={q} N={n} D={d} fp32"
     flops = 2.0 * q * n * d
@@ -220,10 +239,41 @@ def _run_case(config: BenchConfig, q: int, n: int, d: int, faiss: Optional[Any])
                 peak, how = cuda_peak_mb(lambda: fn(qm, ql)), "CUDA allocator peak above the inputs"
         else:
             peak, how = peak_rss_mb(__name__, {"impl": impl, "q": q, "n": n, "d": d}, timeout=3600)
+        if impl == "keops":
+            note = "; ".join(x for x in (note, keops_note) if x)
         notes = "; ".join(x for x in (note, how, agreement) if x)
-        rows.append(row(SUITE, case, name, seconds, baseline=impl == "base", flops=flops, peak_mb=peak,
-                        queries_per_s=q / seconds, notes=notes))
+        r = row(SUITE, case, name, seconds, baseline=impl == "base", flops=flops, peak_mb=peak,
+                queries_per_s=q / seconds, notes=notes)
+        if impl == "keops":
+            r["compile_s"] = compile_s
+        rows.append(r)
     return rows
+
+
+def _add_keops(contenders: Dict[str, Tuple[str, Any, str]], inputs: Inputs, config: BenchConfig
+               ) -> Tuple[str, Optional[float]]:
+    """Adds the KeOps contender when pykeops works and its timing fits KEOPS_BUDGET_S; returns
+    the note for its row (or, when it is left out, why) and its compile time."""
+    lazy, why = _keops.load()
+    if lazy is None:
+        return why, None
+    qm, ql, gm, gl = inputs
+    try:
+        kcsd = _keops.KeOpsCSD(lazy, gm, gl, K)
+        probe = min(qm.shape[0], KEOPS_PROBE_QUERIES)
+        with torch.no_grad():
+            kcsd.first_call(qm[:probe], ql[:probe])  # compiles (or loads) the formula
+            seconds = median_time(lambda: kcsd(qm[:probe], ql[:probe]), 1, 0, config.device)
+    except Exception as err:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
+        return _keops.describe_error(err), None
+    estimate = seconds * qm.shape[0] / probe
+    calls = config.repeats + config.warmup
+    compile_s, compile_note = _keops.take_compile(kcsd.key)
+    if estimate * calls > KEOPS_BUDGET_S:
+        return (f"keops skipped: about {estimate:.0f} s per call (from {probe} queries) x {calls} calls "
+                f"exceeds {KEOPS_BUDGET_S:.0f} s; {compile_note}"), compile_s
+    contenders["keops LazyTensor"] = ("keops", kcsd, "Kmin_argKmin over the exact CSD; gallery variance sums not timed")
+    return compile_note, compile_s
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m pcmekit.bench.topk [--quick]

@@ -1,0 +1,190 @@
+"""The optional KeOps contender of the ``topk`` and ``sweep`` suites: CSD top-k with LazyTensor.
+
+KeOps (``pip install pykeops``, or ``pcmekit[bench]``) generates C++ for a formula and compiles it
+with the system compiler the first time the formula is used (one formula per D, dtype and k),
+then loads it from its cache. Two things follow:
+
+* **Where it writes.** pykeops creates its cache folder when it is *imported*, by default under
+  ``~/.cache``. :func:`load` sets ``KEOPS_CACHE_FOLDER`` before the import, unless the caller set
+  it already: ``PCMEKIT_KEOPS_CACHE`` if given, else ``<tmp>/pcmekit-keops-<user>`` (a tmp folder,
+  so a benchmark never writes into the home directory; it persists between runs, so a formula is
+  compiled once per machine). ``KEOPS_VERBOSE`` and ``PYKEOPS_VERBOSE`` are set to ``0`` unless
+  given, so its build messages do not tear the progress bar (the compile time is in the notes).
+* **Compile time is not run time.** :class:`KeOpsCSD` records the first call of each formula
+  (compile or cache load included) separately from the steady state; the suites report both.
+
+The reduction: ``Kmin_argKmin`` over the gallery index j of the exact CSD,
+``|mu_q - mu_g|^2 + s_q + s_g`` with ``s = sum(exp(logvar))``, written as a LazyTensor formula
+(``SqDist`` plus the two variance terms), so KeOps streams the gallery without a score matrix.
+``s_g`` is computed once per gallery, outside the timing (like the faiss index); ``s_q`` is part
+of every call. KeOps' CPU back end runs the formula with OpenMP, compiled with its own flags
+(``-O3``, no ``-march``; ``CXXFLAGS`` is added when set).
+
+PCME's match probability (``bench match_prob``) has no KeOps counterpart here: that suite
+measures the dense ``[Q, N]`` matrices of log p and log(1 - p), and a KeOps reduction returns a
+fixed-size result per query row, not a row of N values. (A top-k *by* match probability could be
+written as one formula of J x J symbolic sample-distance terms, but it is not what that suite
+times, and its code grows with J^2.)
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tempfile
+import time
+from typing import Any, Dict, Optional, Set, Tuple
+
+import torch
+
+__all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "first_calls", "compile_note", "compile_seconds",
+           "take_compile", "describe_error"]
+
+_state: Dict[str, Any] = {"module": None, "error": None, "import_s": None}
+
+# Formula key -> seconds of its first call in this process (compile or cache load included) and
+# the steady-state seconds of the same call repeated; filled by KeOpsCSD.first_call.
+first_calls: Dict[Tuple[int, str, str, int], Tuple[float, float]] = {}
+
+
+def cache_folder() -> str:
+    """The folder pykeops caches compiled formulas in (see the module docstring)."""
+    given = os.environ.get("KEOPS_CACHE_FOLDER") or os.environ.get("PCMEKIT_KEOPS_CACHE")
+    if given:
+        return given
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name (e.g. a uid without passwd entry)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"pcmekit-keops-{user}")
+
+
+def load() -> Tuple[Optional[Any], str]:
+    """``(pykeops.torch.LazyTensor, "")``, or ``(None, why)`` when pykeops cannot be imported.
+
+    The first call sets the cache folder and verbosity (module docstring) and imports pykeops;
+    later calls return the same answer. Never raises: a benchmark reports and goes on.
+    """
+    if _state["module"] is not None or _state["error"] is not None:
+        return _state["module"], _state["error"] or ""
+    os.environ.setdefault("KEOPS_CACHE_FOLDER", cache_folder())
+    os.environ.setdefault("KEOPS_VERBOSE", "0")
+    os.environ.setdefault("PYKEOPS_VERBOSE", "0")
+    start = time.perf_counter()
+    try:
+        from pykeops.torch import LazyTensor  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError as err:
+        why = f"pykeops not installed (pip install pykeops): {err}"
+        _state["error"] = why
+        return None, why
+    except Exception as err:  # noqa: BLE001 - a broken install must not stop the other contenders
+        why = f"pykeops failed to import: {type(err).__name__}: {_first_line(err)}"
+        _state["error"] = why
+        return None, why
+    _state["import_s"] = time.perf_counter() - start
+    _state["module"] = LazyTensor
+    return LazyTensor, ""
+
+
+def import_seconds() -> Optional[float]:
+    """How long importing pykeops took in this process (None before :func:`load` succeeded)."""
+    return _state["import_s"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line reason for a failed KeOps call, for the notes."""
+    return f"keops failed: {type(err).__name__}: {_first_line(err)}"
+
+
+class KeOpsCSD:
+    """CSD top-``k`` of queries against one gallery, as a KeOps ``Kmin_argKmin`` reduction.
+
+    ``g_mean``, ``g_logvar``: ``[N, D]`` float32 (or float64), on the CPU or a CUDA device KeOps
+    supports. Calling with ``q_mean``, ``q_logvar`` ``[Q, D]`` returns ``(values [Q, k],
+    indices [Q, k] int64)``, ascending, like :func:`pcmekit.topk` with ``metric="csd"``.
+    """
+
+    def __init__(self, lazy_tensor: Any, g_mean: torch.Tensor, g_logvar: torch.Tensor, k: int) -> None:
+        if g_mean.dim() != 2 or g_mean.shape != g_logvar.shape:
+            raise ValueError(
+                f"g_mean and g_logvar must both have shape [N, D], got {list(g_mean.shape)} and {list(g_logvar.shape)}"
+            )
+        if not 1 <= k <= g_mean.shape[0]:
+            raise ValueError(f"k must be in [1, N={g_mean.shape[0]}], got {k}")
+        self.lazy = lazy_tensor
+        self.k = k
+        self.g_mean = g_mean.contiguous()
+        self.g_var_sum = g_logvar.exp().sum(1, keepdim=True).contiguous()  # [N, 1], outside the timing
+        self.key = (g_mean.shape[1], str(g_mean.dtype), g_mean.device.type, k)
+
+    def __call__(self, q_mean: torch.Tensor, q_logvar: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if q_mean.dim() != 2 or q_mean.shape[1] != self.g_mean.shape[1] or q_mean.shape != q_logvar.shape:
+            raise ValueError(
+                f"q_mean and q_logvar must both have shape [Q, D] with D == gallery D ({self.g_mean.shape[1]}), "
+                f"got {list(q_mean.shape)} and {list(q_logvar.shape)}"
+            )
+        q_var_sum = q_logvar.exp().sum(1, keepdim=True)
+        # axis=0: indexed by i (queries), axis=1: by j (gallery). Given explicitly, so that Q = 1
+        # is still an i-variable (KeOps would read a [1, 1, D] tensor as a parameter and compile
+        # a second formula for it).
+        x = self.lazy(q_mean.contiguous(), axis=0)
+        y = self.lazy(self.g_mean, axis=1)
+        s_q = self.lazy(q_var_sum, axis=0)
+        s_g = self.lazy(self.g_var_sum, axis=1)
+        csd = x.sqdist(y) + s_q + s_g
+        values, indices = csd.Kmin_argKmin(self.k, dim=1)
+        return values, indices.long()
+
+    def first_call(self, q_mean: torch.Tensor, q_logvar: torch.Tensor) -> Tuple[Tuple[torch.Tensor, torch.Tensor], str]:
+        """Calls once and returns ``(result, note)``. The first call of this formula in the process
+        is timed against an immediate second one, and the pair is kept in :data:`first_calls`:
+        their difference is the compile (or cache-load) time."""
+        sync = torch.cuda.synchronize if self.g_mean.is_cuda else (lambda: None)
+        if self.key in first_calls:
+            return self(q_mean, q_logvar), ""
+        start = time.perf_counter()
+        result = self(q_mean, q_logvar)
+        sync()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        self(q_mean, q_logvar)
+        sync()
+        steady = time.perf_counter() - start
+        first_calls[self.key] = (first, steady)
+        return result, compile_note(self.key)
+
+
+def compile_note(key: Tuple[int, str, str, int]) -> str:
+    """What :data:`first_calls` knows about a formula, for the notes."""
+    if key not in first_calls:
+        return ""
+    first, steady = first_calls[key]
+    return (f"keops formula D={key[0]}: first call {first:.2f} s (compile or cache load, "
+            f"cache {os.environ.get('KEOPS_CACHE_FOLDER', cache_folder())}), then {steady * 1e3:.1f} ms")
+
+
+def compile_seconds(key: Tuple[int, str, str, int]) -> Optional[float]:
+    """First call minus steady state of a formula (its compile or cache-load time), if recorded."""
+    if key not in first_calls:
+        return None
+    first, steady = first_calls[key]
+    return max(0.0, first - steady)
+
+
+_reported: Set[Tuple[int, str, str, int]] = set()
+
+
+def take_compile(key: Tuple[int, str, str, int]) -> Tuple[Optional[float], str]:
+    """``(compile seconds, note)`` for the first row that reports this formula; later rows get
+    ``(None, "... earlier in this run")``, so a column of compile times adds up to the time spent."""
+    if key not in first_calls:
+        return None, ""
+    if key in _reported:
+        return None, f"keops formula D={key[0]} compiled or loaded earlier in this run"
+    _reported.add(key)
+    return compile_seconds(key), compile_note(key)
