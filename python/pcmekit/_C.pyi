@@ -9,7 +9,7 @@ Errors raised by every function: ``ValueError`` (shapes, devices, "built without
 The GIL is released while a kernel runs.
 """
 
-from typing import List, Optional, Tuple, TypedDict
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 # (data_ptr, rows, cols, row_stride, col_stride, dtype code, device code, device index).
 # Strides are in elements. dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16, 4 int64;
