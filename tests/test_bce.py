@@ -124,6 +124,25 @@ def test_extreme_logits_stay_finite_and_exact():
         torch.testing.assert_close(a.double(), b, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_far_negative_logits_give_zero_gradients_not_subnormal_ones(reduction):
+    # Unnormalised embeddings: distances ~2000, logits ~ -10000. The true sigmoid there is far
+    # below float32's range; the kernel once kept exp(-87) ~ 1.6e-38 for it, so that every
+    # scaled gradient entry was subnormal and the distance's backward ran ~100x slower on them.
+    distance = (torch.rand(64, 300, generator=torch.Generator().manual_seed(5)) + 1.0) * 2000.0
+    distance.requires_grad_(True)
+    loss = pcmekit.distance_bce_with_logits(distance, reduction=reduction)
+    loss.backward()
+    g = distance.grad
+    off_diagonal = ~torch.eye(64, 300, dtype=torch.bool)
+    assert bool((g[off_diagonal] == 0).all()), g[off_diagonal].abs().max()
+    tiny = (g != 0) & (g.abs() < torch.finfo(torch.float32).tiny)
+    assert not bool(tiny.any())
+    ref = distance.detach().clone().requires_grad_(True)
+    F.binary_cross_entropy_with_logits(-5.0 * ref + 5.0, torch.eye(64, 300), reduction=reduction).backward()
+    torch.testing.assert_close(g, ref.grad, rtol=1e-6, atol=0.0)
+
+
 def test_nan_distance_propagates_to_its_element_only():
     distance = _distances(5, 19, dtype=torch.float32)
     distance[2, 11] = float("nan")

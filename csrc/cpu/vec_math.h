@@ -28,7 +28,7 @@ double sum_squares_exp(const double* mu, const double* lv, int64_t n);
 // and the row's sums, in double, of the loss terms max(x, 0) - x y + log1p(exp(-|x|)), of
 // q = sigmoid(x) - y and of q d[j]. The float path computes exp(-|x|) and log1p with AVX2
 // polynomials (a few ulp; exp(-|x|) is taken as exp(-87), about 1.6e-38, for |x| > 87 rather than
-// going subnormal); NaN lanes go through the C library.
+// going subnormal, and sigmoid(x) is then 0 for x < -87); NaN lanes go through the C library.
 struct BceRowSums {
   double loss = 0, q = 0, qd = 0;
 };
