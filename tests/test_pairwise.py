@@ -390,3 +390,18 @@ def test_a_few_rows_give_the_bits_of_the_whole_matrix(metric, dtype):
         values, indices = pcmekit.topk(a_mean[rows], a_logvar[rows], b_mean, b_logvar, 5, metric)
         ref_values, ref_indices = pcmekit.topk(a_mean, a_logvar, b_mean, b_logvar, 5, metric)
         assert torch.equal(indices, ref_indices[rows]) and torch.equal(values, ref_values[rows]), rows
+
+
+@pytest.mark.parametrize("d", [1, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 96, 97, 130])
+def test_csd_row_terms_at_every_block_size_and_with_out_of_range_log_variances(d):
+    # The vectorised sum of squares + variances works in blocks of 64, 32, 16 and 8 lanes with a
+    # scalar tail, and sends a block holding a log-variance outside the polynomial's range to the
+    # C library's exp: every one of those paths, against float64.
+    g = torch.Generator().manual_seed(d)
+    a_mean, a_logvar = torch.randn(3, d, generator=g), torch.randn(3, d, generator=g) - 2
+    b_mean, b_logvar = torch.randn(5, d, generator=g), torch.randn(5, d, generator=g) - 2
+    a_logvar[1, d // 2] = -95.0  # exp is subnormal
+    b_logvar[2, d - 1] = 60.0  # far above the rest, still finite
+    ours = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, "csd")
+    ref = pairwise_distance_naive(a_mean.double(), a_logvar.double(), b_mean.double(), b_logvar.double(), "csd")
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-6, atol=1e-5)

@@ -206,30 +206,45 @@ PCMEKIT_AVX512_INLINE void accumulate_squares16(__m512 v, __m512d& acc) {
   acc = _mm512_fmadd_pd(hi, hi, acc);
 }
 
-PCMEKIT_AVX512 double sum_squares_exp_avx512(const float* mu, const float* lv, int64_t n) {
-  constexpr int kWays16 = 4;
-  constexpr int64_t kBlock = 16 * kWays16;
-  __m512d sq = _mm512_setzero_pd(), ex = _mm512_setzero_pd();
+// One block of K x 16 elements of sum_squares_exp_avx512: squares into sq, exps into ex (or, when a
+// log-variance is out of the polynomial's range or NaN, the C library's exp into tail).
+template <int K>
+PCMEKIT_AVX512_INLINE void sum_squares_exp_block(const float* mu, const float* lv, __m512d& sq,
+                                                 __m512d& ex, double& tail) {
+  PCMEKIT_UNROLL for (int k = 0; k < K; ++k) accumulate_squares16(_mm512_loadu_ps(mu + 16 * k), sq);
+  if (lv == nullptr) return;
   const __m512 low = _mm512_set1_ps(kLow), high = _mm512_set1_ps(kHigh);
+  __m512 v[K], e[K];
+  __mmask16 ok = 0xFFFF;
+  PCMEKIT_UNROLL for (int k = 0; k < K; ++k) {
+    v[k] = _mm512_loadu_ps(lv + 16 * k);
+    ok &= _mm512_cmp_ps_mask(v[k], low, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v[k], high, _CMP_LE_OQ);
+  }
+  if (ok == 0xFFFF) {
+    exp16_in_range<K>(v, e);
+    PCMEKIT_UNROLL for (int k = 0; k < K; ++k) accumulate_wide16(e[k], ex);
+  } else {
+    for (int t = 0; t < 16 * K; ++t) tail += double(std::exp(lv[t]));
+  }
+}
+
+// Blocks of 64, then one of 32 and one of 16 (rows of D = 32 or 48 are common: a row is one call),
+// then the AVX2 code for the last few.
+PCMEKIT_AVX512 double sum_squares_exp_avx512(const float* mu, const float* lv, int64_t n) {
+  __m512d sq = _mm512_setzero_pd(), ex = _mm512_setzero_pd();
   double tail = 0;
   int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock) {
-    PCMEKIT_UNROLL for (int k = 0; k < kWays16; ++k) accumulate_squares16(_mm512_loadu_ps(mu + i + 16 * k), sq);
-    if (lv == nullptr) continue;
-    __m512 v[kWays16], e[kWays16];
-    __mmask16 ok = 0xFFFF;
-    PCMEKIT_UNROLL for (int k = 0; k < kWays16; ++k) {
-      v[k] = _mm512_loadu_ps(lv + i + 16 * k);
-      ok &= _mm512_cmp_ps_mask(v[k], low, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v[k], high, _CMP_LE_OQ);
-    }
-    if (ok == 0xFFFF) {
-      exp16_in_range<kWays16>(v, e);
-      PCMEKIT_UNROLL for (int k = 0; k < kWays16; ++k) accumulate_wide16(e[k], ex);
-    } else {
-      for (int64_t t = i; t < i + kBlock; ++t) tail += double(std::exp(lv[t]));
-    }
+  auto at = [&](int64_t j) { return lv == nullptr ? nullptr : lv + j; };
+  for (; i + 64 <= n; i += 64) sum_squares_exp_block<4>(mu + i, at(i), sq, ex, tail);
+  if (i + 32 <= n) {
+    sum_squares_exp_block<2>(mu + i, at(i), sq, ex, tail);
+    i += 32;
   }
-  if (i < n) tail += sum_squares_exp_avx2(mu + i, lv == nullptr ? nullptr : lv + i, n - i);
+  if (i + 16 <= n) {
+    sum_squares_exp_block<1>(mu + i, at(i), sq, ex, tail);
+    i += 16;
+  }
+  if (i < n) tail += sum_squares_exp_avx2(mu + i, at(i), n - i);
   return _mm512_reduce_add_pd(sq) + _mm512_reduce_add_pd(ex) + tail;
 }
 
