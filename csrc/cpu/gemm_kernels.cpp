@@ -348,6 +348,13 @@ GemmKernel<typename Ops::T> make_kernel(
   return GemmKernel<T>{MR, NR, mc, kc, micro, pack_a, pack_b};
 }
 
+// The byte budgets of each path, shared by its main kernel and its few-row kernels
+// (select_row_kernels): equal budgets give equal kc, which the few-row kernels' bit identity
+// with the main one rests on.
+constexpr int64_t kAvx512Panel = 24 << 10, kAvx512Block = 288 << 10;
+constexpr int64_t kAvx2Panel = 16 << 10, kAvx2Block = 144 << 10;
+constexpr int64_t kGenericPanel = 16 << 10, kGenericBlock = 144 << 10;
+
 template <typename T>
 GemmKernel<T> select_kernel() {
   constexpr bool f32 = std::is_same_v<T, float>;
@@ -355,18 +362,18 @@ GemmKernel<T> select_kernel() {
 #ifdef PCMEKIT_GEMM_X86
     case Isa::avx512: {
       using Ops = std::conditional_t<f32, Avx512Float, Avx512Double>;
-      return make_kernel<Ops, 12, 2, 24 << 10, 288 << 10>(
+      return make_kernel<Ops, 12, 2, kAvx512Panel, kAvx512Block>(
           micro_avx512<Ops, 12, 2>, pack_avx512<T, 12>, pack_avx512<T, 2 * Ops::W>);
     }
     case Isa::avx2: {
       using Ops = std::conditional_t<f32, Avx2Float, Avx2Double>;
-      return make_kernel<Ops, 6, 2, 16 << 10, 144 << 10>(micro_avx2<Ops, 6, 2>, pack_avx2<T, 6>,
+      return make_kernel<Ops, 6, 2, kAvx2Panel, kAvx2Block>(micro_avx2<Ops, 6, 2>, pack_avx2<T, 6>,
                                                          pack_avx2<T, 2 * Ops::W>);
     }
 #endif
     default: {
       using Ops = GenericOps<T>;
-      return make_kernel<Ops, 4, 2, 16 << 10, 144 << 10>(
+      return make_kernel<Ops, 4, 2, kGenericPanel, kGenericBlock>(
           micro_generic<Ops, 4, 2>, pack_generic<T, 4>, pack_generic<T, 2 * Ops::W>);
     }
   }
@@ -386,7 +393,7 @@ std::vector<GemmKernel<T>> select_row_kernels() {
 #ifdef PCMEKIT_GEMM_X86
     case Isa::avx512: {
       using Ops = std::conditional_t<f32, Avx512Float, Avx512Double>;
-      constexpr int64_t kPanel = 24 << 10, kBlock = 288 << 10;
+      constexpr int64_t kPanel = kAvx512Panel, kBlock = kAvx512Block;
       out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx512<Ops, 1, 2>, pack_generic<T, 1>, pack_avx512<T, 2 * Ops::W>));
       out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx512<Ops, 2, 2>, pack_generic<T, 2>, pack_avx512<T, 2 * Ops::W>));
       out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx512<Ops, 4, 2>, pack_generic<T, 4>, pack_avx512<T, 2 * Ops::W>));
@@ -395,7 +402,7 @@ std::vector<GemmKernel<T>> select_row_kernels() {
     }
     case Isa::avx2: {
       using Ops = std::conditional_t<f32, Avx2Float, Avx2Double>;
-      constexpr int64_t kPanel = 16 << 10, kBlock = 144 << 10;
+      constexpr int64_t kPanel = kAvx2Panel, kBlock = kAvx2Block;
       out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx2<Ops, 1, 2>, pack_generic<T, 1>, pack_avx2<T, 2 * Ops::W>));
       out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx2<Ops, 2, 2>, pack_generic<T, 2>, pack_avx2<T, 2 * Ops::W>));
       out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx2<Ops, 4, 2>, pack_generic<T, 4>, pack_avx2<T, 2 * Ops::W>));
@@ -404,8 +411,8 @@ std::vector<GemmKernel<T>> select_row_kernels() {
 #endif
     default: {
       using Ops = GenericOps<T>;
-      out.push_back(make_kernel<Ops, 1, 2, 16 << 10, 144 << 10>(micro_generic<Ops, 1, 2>, pack_generic<T, 1>, pack_generic<T, 2 * Ops::W>));
-      out.push_back(make_kernel<Ops, 2, 2, 16 << 10, 144 << 10>(micro_generic<Ops, 2, 2>, pack_generic<T, 2>, pack_generic<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 1, 2, kGenericPanel, kGenericBlock>(micro_generic<Ops, 1, 2>, pack_generic<T, 1>, pack_generic<T, 2 * Ops::W>));
+      out.push_back(make_kernel<Ops, 2, 2, kGenericPanel, kGenericBlock>(micro_generic<Ops, 2, 2>, pack_generic<T, 2>, pack_generic<T, 2 * Ops::W>));
       break;
     }
   }

@@ -8,12 +8,8 @@ namespace {
 
 Isa detect_isa() {
   Isa best = Isa::generic;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = Isa::avx512;
-#endif
+  if (isa_supported(Isa::avx2)) best = Isa::avx2;
+  if (isa_supported(Isa::avx512)) best = Isa::avx512;
   if (const char* cap = std::getenv("PCMEKIT_CPU_CAPABILITY")) {
     if (std::strcmp(cap, "generic") == 0) best = Isa::generic;
     if (std::strcmp(cap, "avx2") == 0 && best == Isa::avx512) best = Isa::avx2;
@@ -22,6 +18,19 @@ Isa detect_isa() {
 }
 
 }  // namespace
+
+bool isa_supported(Isa isa) {
+  if (isa == Isa::generic) return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == Isa::avx2) return avx2;
+  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
 
 Isa cpu_isa() {
   static const Isa chosen = detect_isa();

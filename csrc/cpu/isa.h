@@ -11,6 +11,9 @@ enum class Isa { generic, avx2, avx512 };
 // enables a path the CPU lacks).
 Isa cpu_isa();
 
+// Whether the running CPU (and OS) supports `isa`, whatever PCMEKIT_CPU_CAPABILITY says.
+bool isa_supported(Isa isa);
+
 // "avx512", "avx2" or "generic".
 const char* isa_name(Isa isa);
 

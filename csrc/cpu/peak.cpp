@@ -75,18 +75,6 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-bool isa_supported(Isa isa) {
-  if (isa == Isa::generic) return true;
-#ifdef PCMEKIT_PEAK_X86
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (isa == Isa::avx2) return avx2;
-  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-#else
-  return false;
-#endif
-}
-
 FmaPeak measure_fma_peak(Isa isa, bool double_precision, int threads, double seconds) {
   if (!isa_supported(isa))
     throw std::invalid_argument(std::string("fma_peak: isa '") + isa_name(isa) +

@@ -23,7 +23,4 @@ struct FmaPeak {
 // path's 128-bit multiply plus add. The threads are those of the kernels (cpu/parallel.h).
 FmaPeak measure_fma_peak(Isa isa, bool double_precision, int threads, double seconds);
 
-// The ISAs the running CPU supports, best last (ignores PCMEKIT_CPU_CAPABILITY).
-bool isa_supported(Isa isa);
-
 }  // namespace pcmekit::cpu
