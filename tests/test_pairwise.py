@@ -378,11 +378,13 @@ def test_half_precision_on_cuda(metric, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("metric", ["csd", "w2", "kl"])
 def test_a_few_rows_give_the_bits_of_the_whole_matrix(metric, dtype):
-    # Products of fewer rows than the micro-kernel's tile run on smaller tiles (cpu/gemm_kernels.cpp);
-    # each entry must still be the same chain of FMAs, over several K blocks (D = 600 > kc).
+    # Products of fewer rows than the micro-kernel's tile run on smaller tiles (cpu/gemm_kernels.cpp),
+    # one and two rows on several panels of B at once; each entry must still be the same chain of
+    # FMAs, over several K blocks (D = 600 > kc). 301 columns: 10 panels of 32 on AVX-512 (19 of 16
+    # on AVX2), so the multi-panel kernels run with a remainder of single panels.
     g = torch.Generator().manual_seed(40)
     a_mean, a_logvar = torch.randn(13, 600, generator=g, dtype=dtype), torch.randn(13, 600, generator=g, dtype=dtype) * 0.3
-    b_mean, b_logvar = torch.randn(70, 600, generator=g, dtype=dtype), torch.randn(70, 600, generator=g, dtype=dtype) * 0.3
+    b_mean, b_logvar = torch.randn(301, 600, generator=g, dtype=dtype), torch.randn(301, 600, generator=g, dtype=dtype) * 0.3
     whole = pcmekit.pairwise_distance(a_mean, a_logvar, b_mean, b_logvar, metric)
     for rows in (slice(0, 1), slice(3, 5), slice(2, 5), slice(4, 8), slice(0, 9), slice(1, 13)):
         part = pcmekit.pairwise_distance(a_mean[rows], a_logvar[rows], b_mean, b_logvar, metric)

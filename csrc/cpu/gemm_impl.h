@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
 #include "parallel.h"
 
 namespace pcmekit::cpu {
@@ -55,6 +56,11 @@ struct GemmKernel {
                  int64_t depth_stride, T* dst);
   void (*pack_b)(int64_t lanes, int64_t kc, const T* src, int64_t lane_stride,
                  int64_t depth_stride, T* dst);
+  // Optional (few-row kernels): micro over wide_panels consecutive panels of B, panel q at
+  // b + q * panel_stride and C columns q * nr on; the same sums as micro, panel by panel.
+  void (*wide)(int64_t kc, const T* a, const T* b, int64_t panel_stride, const T* c_in, T* c_out,
+               int64_t ldc) = nullptr;
+  int wide_panels = 1;
 };
 
 // The kernels for the running CPU, chosen on first use (gemm_kernels.cpp).
@@ -233,11 +239,14 @@ GemmScratch scratch_layout(const GemmKernel<T>& kern, const GemmPlan& plan, int6
 
 // Computes rows [m0, m1) x columns [jc + n0, jc + n1) of C, B's column block at jc being packed,
 // and hands each finished row of it to the epilogue.
+// The packed B holds, for the K block at depth p0 (depth kcb), its panels at
+// packed_b + p0 * b_cols + c * kcb for column c (a multiple of nr) counted from b_col0: b_cols is
+// the width of the packed column block (plan.nc, or all columns for a B packed by pack_b).
 template <typename T, typename Epilogue>
 void gemm_rectangle(const GemmKernel<T>& kern, const GemmPlan& plan, const GemmScratch& layout,
                     int64_t m0, int64_t m1, int64_t jc, int64_t n0, int64_t n1, int64_t k,
-                    const GemmOperand<T>& a, const T* packed_b, T* scratch,
-                    const Epilogue& epilogue) {
+                    const GemmOperand<T>& a, const T* packed_b, int64_t b_cols, int64_t b_col0,
+                    T* scratch, const Epilogue& epilogue) {
   const int64_t mr = kern.mr, nr = kern.nr, ldc = layout.ldc;
   T* packed_a = scratch;
   T* sums = scratch + layout.a_elems;
@@ -248,12 +257,25 @@ void gemm_rectangle(const GemmKernel<T>& kern, const GemmPlan& plan, const GemmS
       const int64_t kcb = p1 - p0;
       kern.pack_a(mb, kcb, a.data + ic * a.row_stride + p0 * a.col_stride, a.row_stride,
                   a.col_stride, packed_a);
-      const T* b_block = packed_b + p0 * plan.nc;
+      const T* b_block = packed_b + p0 * b_cols + b_col0 * kcb;
       // The next panel of B is prefetched a slice per micro-kernel call: the hardware
       // prefetcher alone leaves the first calls on each panel waiting for it (~10% slower).
-      const int64_t b_panel_lines = kcb * nr * int64_t(sizeof(T)) / kCacheLine;
-      const int64_t prefetch_lines = ceil_div(b_panel_lines, ceil_div(mb, mr));
-      for (int64_t jr = n0; jr < n1; jr += nr) {
+      // With a single micro-kernel call per panel (a few rows) the panels are one sequential
+      // stream, which the hardware prefetcher follows; prefetching a whole panel at once there
+      // stalls on the fill buffers (21% of a one-query search).
+      const int64_t row_tiles = ceil_div(mb, mr);
+      const int64_t b_panel_lines = row_tiles > 1 ? kcb * nr * int64_t(sizeof(T)) / kCacheLine : 0;
+      const int64_t prefetch_lines = ceil_div(b_panel_lines, row_tiles);
+      int64_t jr = n0;
+      if (kern.wide && row_tiles == 1) {
+        // One row tile: its panels go wide_panels at a time (the prefetch is off, see above).
+        const int64_t step = kern.wide_panels * nr;
+        for (; jr + step <= round_up(n1 - n0, nr) + n0; jr += step) {
+          T* c = sums + (jr - n0);
+          kern.wide(kcb, packed_a, b_block + jr * kcb, nr * kcb, kb == 0 ? nullptr : c, c, ldc);
+        }
+      }
+      for (; jr < n1; jr += nr) {
         const T* b_panel = b_block + jr * kcb;
         const char* b_next = reinterpret_cast<const char*>(b_panel + nr * kcb);
         int64_t next_line = jr + nr < n1 ? 0 : b_panel_lines;  // none after the last panel
@@ -282,39 +304,50 @@ void gemm_empty_k(int64_t m, int64_t n, const Epilogue& epilogue) {
 
 }  // namespace detail
 
+namespace detail {
+
+// gemm and gemm_packed: B is packed here per column block (prepacked == nullptr) or read from a
+// pack_b packing of prepacked_cols columns, from column c0 on.
 template <typename T, typename Epilogue>
-void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
-          const Epilogue& epilogue, int num_threads) {
+void gemm_driver(int64_t m, int64_t n, int64_t k, const GemmOperand<T>& a, const GemmOperand<T>* b,
+                 const T* prepacked, int64_t prepacked_cols, int64_t c0, const Epilogue& epilogue,
+                 int num_threads) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "gemm has micro-kernels for float and double only");
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
-    detail::gemm_empty_k<T>(m, n, epilogue);
+    gemm_empty_k<T>(m, n, epilogue);
     return;
   }
-  const detail::GemmKernel<T>& kern = detail::gemm_kernel_for_rows<T>(m);
-  const detail::GemmPlan plan =
-      detail::plan_gemm(m, n, k, kern.mr, kern.nr, kern.kc, sizeof(T), num_threads);
+  const GemmKernel<T>& kern = gemm_kernel_for_rows<T>(m);
+  const GemmPlan plan = plan_gemm(m, n, k, kern.mr, kern.nr, kern.kc, sizeof(T), num_threads);
   const int threads = static_cast<int>(plan.tm * plan.tn);
-  const detail::GemmScratch layout = detail::scratch_layout(kern, plan, m, k);
-  const detail::Workspace<T> packed_b(0, k * plan.nc);
-  const detail::Workspace<T> scratch(1, threads * layout.total);
-  const int64_t tiles_m = detail::ceil_div(m, kern.mr);
+  const GemmScratch layout = scratch_layout(kern, plan, m, k);
+  const Workspace<T> packed_b(0, prepacked ? 0 : k * plan.nc);
+  const Workspace<T> scratch(1, threads * layout.total);
+  const int64_t tiles_m = ceil_div(m, kern.mr);
   // Row blocks handed out one at a time when the threads split rows only: the cores of a shared
   // machine run at different speeds from one millisecond to the next (72-97 GFLOP/s measured on
   // one vCPU), and with fixed halves the slower one sets the time (busy times 6.3-7.0 against
   // 7.4-7.7 ms, 1024 x 1024 x 512). Each block is a whole number of packed A blocks' worth of
   // rows, so nothing is packed twice; the sums are the same whichever thread computes them.
   const int64_t chunk_tiles = std::max<int64_t>(
-      1, std::min(layout.mc / kern.mr, detail::ceil_div(tiles_m, threads * detail::kChunksPerThread)));
+      1, std::min(layout.mc / kern.mr, ceil_div(tiles_m, threads * kChunksPerThread)));
   const bool dynamic = threads > 1 && plan.tn == 1 && tiles_m >= 2 * threads * chunk_tiles;
   for (int64_t jc = 0; jc < n; jc += plan.nc) {
-    const int64_t nb = std::min(plan.nc, n - jc), panels = detail::ceil_div(nb, kern.nr);
-    parallel_for(0, panels, 1, threads, [&](int64_t first, int64_t last, int) {
-      detail::pack_b_panels(kern, plan, k, b, jc, nb, first, last, packed_b.get());
-    });
+    const int64_t nb = std::min(plan.nc, n - jc), panels = ceil_div(nb, kern.nr);
+    const T* bp = prepacked;
+    int64_t b_cols = prepacked_cols, b_col0 = c0 + jc;
+    if (!prepacked) {
+      parallel_for(0, panels, 1, threads, [&](int64_t first, int64_t last, int) {
+        pack_b_panels(kern, plan, k, *b, jc, nb, first, last, packed_b.get());
+      });
+      bp = packed_b.get();
+      b_cols = plan.nc;
+      b_col0 = 0;
+    }
     if (dynamic) {
-      const int64_t chunks = detail::ceil_div(tiles_m, chunk_tiles);
+      const int64_t chunks = ceil_div(tiles_m, chunk_tiles);
       std::atomic<int64_t> next{0};
       parallel_for(0, threads, 1, threads, [&](int64_t worker, int64_t, int) {
         T* own = scratch.get() + worker * layout.total;
@@ -322,8 +355,8 @@ void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
              c = next.fetch_add(1, std::memory_order_relaxed)) {
           const int64_t m0 = c * chunk_tiles * kern.mr;
           const int64_t m1 = std::min(m, m0 + chunk_tiles * kern.mr);
-          detail::gemm_rectangle(kern, plan, layout, m0, m1, jc, 0, nb, k, a, packed_b.get(), own,
-                                 epilogue);
+          gemm_rectangle(kern, plan, layout, m0, m1, jc, 0, nb, k, a, bp, b_cols, b_col0, own,
+                         epilogue);
         }
       });
       continue;
@@ -336,11 +369,53 @@ void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
         const int64_t n0 = std::min(nb, panels * bj / plan.tn * kern.nr);
         const int64_t n1 = std::min(nb, panels * (bj + 1) / plan.tn * kern.nr);
         if (m0 < m1 && n0 < n1)
-          detail::gemm_rectangle(kern, plan, layout, m0, m1, jc, n0, n1, k, a, packed_b.get(),
-                                 scratch.get() + block * layout.total, epilogue);
+          gemm_rectangle(kern, plan, layout, m0, m1, jc, n0, n1, k, a, bp, b_cols, b_col0,
+                         scratch.get() + block * layout.total, epilogue);
       }
     });
   }
+}
+
+}  // namespace detail
+
+template <typename T, typename Epilogue>
+void gemm(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, GemmOperand<T> b,
+          const Epilogue& epilogue, int num_threads) {
+  detail::gemm_driver<T>(m, n, k, a, &b, nullptr, 0, 0, epilogue, num_threads);
+}
+
+template <typename T>
+PackedBLayout packed_b_layout(int64_t n, int64_t k) {
+  const detail::GemmKernel<T>& kern = detail::gemm_kernel<T>();
+  PackedBLayout l;
+  l.nr = kern.nr;
+  l.kc = kern.kc;
+  l.cols = detail::round_up(std::max<int64_t>(n, 0), kern.nr);
+  l.elements = l.cols * std::max<int64_t>(k, 0);
+  // Distinct for every (instruction set, element size, nr, kc) the kernels have.
+  l.tag = ((static_cast<int64_t>(cpu_isa()) * 16 + int64_t(sizeof(T))) * 1024 + kern.nr) * 65536 +
+          kern.kc;
+  return l;
+}
+
+template <typename T>
+void pack_b(int64_t n, int64_t k, GemmOperand<T> b, T* dst, int num_threads) {
+  if (n <= 0 || k <= 0) return;
+  const detail::GemmKernel<T>& kern = detail::gemm_kernel<T>();
+  detail::GemmPlan whole;  // one column block of every column: the layout gemm_packed reads
+  whole.k_blocks = detail::ceil_div(k, kern.kc);
+  whole.nc = packed_b_layout<T>(n, k).cols;
+  const int64_t panels = whole.nc / kern.nr;
+  // Packing streams memory; a few hundred panels per thread keep the hand-out cost small.
+  parallel_for(0, panels, 64, num_threads, [&](int64_t first, int64_t last, int) {
+    detail::pack_b_panels(kern, whole, k, b, 0, n, first, last, dst);
+  });
+}
+
+template <typename T, typename Epilogue>
+void gemm_packed(int64_t m, int64_t n, int64_t k, GemmOperand<T> a, const T* packed_b,
+                 int64_t packed_cols, int64_t c0, const Epilogue& epilogue, int num_threads) {
+  detail::gemm_driver<T>(m, n, k, a, nullptr, packed_b, packed_cols, c0, epilogue, num_threads);
 }
 
 }  // namespace pcmekit::cpu

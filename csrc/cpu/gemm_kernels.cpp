@@ -93,6 +93,39 @@ void pack_generic(int64_t lanes, int64_t kc, const T* src, int64_t lane_stride,
       }                                                                                   \
   }
 
+// The same micro-kernel over P consecutive panels of B (b, b + panel_stride, ...; C columns
+// j * NR on), for tiles of few rows: one row and two vectors are two chains of dependent FMAs,
+// which leave the FMA pipes idle three cycles in four (4-cycle latency); P panels at once keep
+// MR * NV * P chains in flight. Every sum is the same chain of FMAs as in the one-panel kernel,
+// so the results are the same bit for bit.
+#define PCMEKIT_DEFINE_WIDE_MICRO_KERNEL(NAME, ATTRIBUTES)                                \
+  template <typename Ops, int MR, int NV, int P>                                          \
+  ATTRIBUTES void NAME(int64_t kc, const typename Ops::T* a, const typename Ops::T* b,    \
+                       int64_t panel_stride, const typename Ops::T* c_in,                 \
+                       typename Ops::T* c_out, int64_t ldc) {                             \
+    using V = typename Ops::V;                                                            \
+    constexpr int W = Ops::W, NR = NV * W;                                                \
+    V acc[P][MR][NV];                                                                     \
+    PCMEKIT_UNROLL for (int q = 0; q < P; ++q)                                            \
+      PCMEKIT_UNROLL for (int i = 0; i < MR; ++i)                                         \
+        PCMEKIT_UNROLL for (int j = 0; j < NV; ++j) acc[q][i][j] = Ops::zero();           \
+    _Pragma("GCC unroll 2") for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {          \
+      PCMEKIT_UNROLL for (int i = 0; i < MR; ++i) {                                       \
+        const V ai = Ops::broadcast(a + i);                                               \
+        PCMEKIT_UNROLL for (int q = 0; q < P; ++q)                                        \
+          PCMEKIT_UNROLL for (int j = 0; j < NV; ++j)                                     \
+            acc[q][i][j] = Ops::fma(ai, Ops::load(b + q * panel_stride + j * W), acc[q][i][j]); \
+      }                                                                                   \
+    }                                                                                     \
+    PCMEKIT_UNROLL for (int q = 0; q < P; ++q)                                            \
+      PCMEKIT_UNROLL for (int i = 0; i < MR; ++i)                                         \
+        PCMEKIT_UNROLL for (int j = 0; j < NV; ++j) {                                     \
+          const int64_t at = i * ldc + q * NR + j * W;                                    \
+          Ops::store(c_out + at,                                                          \
+                     c_in ? Ops::add(Ops::load(c_in + at), acc[q][i][j]) : acc[q][i][j]); \
+        }                                                                                 \
+  }
+
 // Portable 16-byte vectors (SSE2 on x86-64, NEON on AArch64). Without a fused multiply-add
 // instruction the compiler may keep a * b + c as two operations; this path is a fallback.
 template <typename Scalar>
@@ -117,6 +150,7 @@ struct GenericOps {
 };
 
 PCMEKIT_DEFINE_MICRO_KERNEL(micro_generic, )
+PCMEKIT_DEFINE_WIDE_MICRO_KERNEL(wide_generic, )
 
 #ifdef PCMEKIT_GEMM_X86
 
@@ -174,6 +208,8 @@ struct Avx512Double {
 
 PCMEKIT_DEFINE_MICRO_KERNEL(micro_avx2, PCMEKIT_AVX2)
 PCMEKIT_DEFINE_MICRO_KERNEL(micro_avx512, PCMEKIT_AVX512)
+PCMEKIT_DEFINE_WIDE_MICRO_KERNEL(wide_avx2, PCMEKIT_AVX2)
+PCMEKIT_DEFINE_WIDE_MICRO_KERNEL(wide_avx512, PCMEKIT_AVX512)
 
 // Packing with 256-bit vectors (AVX2, and AVX-512 too: it is not the bottleneck there). A whole
 // panel whose lanes are each contiguous along depth (rows of a row-major A, columns of a
@@ -389,13 +425,19 @@ template <typename T>
 std::vector<GemmKernel<T>> select_row_kernels() {
   constexpr bool f32 = std::is_same_v<T, float>;
   std::vector<GemmKernel<T>> out;
+  // with(kernel, wide, panels): the kernel with its P-panel variant.
+  auto with = [](GemmKernel<T> k, decltype(GemmKernel<T>::wide) wide, int panels) {
+    k.wide = wide;
+    k.wide_panels = panels;
+    return k;
+  };
   switch (cpu_isa()) {
 #ifdef PCMEKIT_GEMM_X86
     case Isa::avx512: {
       using Ops = std::conditional_t<f32, Avx512Float, Avx512Double>;
       constexpr int64_t kPanel = kAvx512Panel, kBlock = kAvx512Block;
-      out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx512<Ops, 1, 2>, pack_generic<T, 1>, pack_avx512<T, 2 * Ops::W>));
-      out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx512<Ops, 2, 2>, pack_generic<T, 2>, pack_avx512<T, 2 * Ops::W>));
+      out.push_back(with(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx512<Ops, 1, 2>, pack_generic<T, 1>, pack_avx512<T, 2 * Ops::W>), wide_avx512<Ops, 1, 2, 4>, 4));
+      out.push_back(with(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx512<Ops, 2, 2>, pack_generic<T, 2>, pack_avx512<T, 2 * Ops::W>), wide_avx512<Ops, 2, 2, 2>, 2));
       out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx512<Ops, 4, 2>, pack_generic<T, 4>, pack_avx512<T, 2 * Ops::W>));
       out.push_back(make_kernel<Ops, 8, 2, kPanel, kBlock>(micro_avx512<Ops, 8, 2>, pack_generic<T, 8>, pack_avx512<T, 2 * Ops::W>));
       break;
@@ -403,15 +445,15 @@ std::vector<GemmKernel<T>> select_row_kernels() {
     case Isa::avx2: {
       using Ops = std::conditional_t<f32, Avx2Float, Avx2Double>;
       constexpr int64_t kPanel = kAvx2Panel, kBlock = kAvx2Block;
-      out.push_back(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx2<Ops, 1, 2>, pack_generic<T, 1>, pack_avx2<T, 2 * Ops::W>));
-      out.push_back(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx2<Ops, 2, 2>, pack_generic<T, 2>, pack_avx2<T, 2 * Ops::W>));
+      out.push_back(with(make_kernel<Ops, 1, 2, kPanel, kBlock>(micro_avx2<Ops, 1, 2>, pack_generic<T, 1>, pack_avx2<T, 2 * Ops::W>), wide_avx2<Ops, 1, 2, 4>, 4));
+      out.push_back(with(make_kernel<Ops, 2, 2, kPanel, kBlock>(micro_avx2<Ops, 2, 2>, pack_generic<T, 2>, pack_avx2<T, 2 * Ops::W>), wide_avx2<Ops, 2, 2, 2>, 2));
       out.push_back(make_kernel<Ops, 4, 2, kPanel, kBlock>(micro_avx2<Ops, 4, 2>, pack_generic<T, 4>, pack_avx2<T, 2 * Ops::W>));
       break;
     }
 #endif
     default: {
       using Ops = GenericOps<T>;
-      out.push_back(make_kernel<Ops, 1, 2, kGenericPanel, kGenericBlock>(micro_generic<Ops, 1, 2>, pack_generic<T, 1>, pack_generic<T, 2 * Ops::W>));
+      out.push_back(with(make_kernel<Ops, 1, 2, kGenericPanel, kGenericBlock>(micro_generic<Ops, 1, 2>, pack_generic<T, 1>, pack_generic<T, 2 * Ops::W>), wide_generic<Ops, 1, 2, 2>, 2));
       out.push_back(make_kernel<Ops, 2, 2, kGenericPanel, kGenericBlock>(micro_generic<Ops, 2, 2>, pack_generic<T, 2>, pack_generic<T, 2 * Ops::W>));
       break;
     }
