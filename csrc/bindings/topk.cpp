@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <tuple>
 
 #include "bindings/views.h"
 #include "pcmekit/topk.h"
@@ -42,9 +43,13 @@ void topk_py(int score, int metric, const ViewTuple& q_mean, const OptView& q_lo
              const ViewTuple& g_mean, const OptView& g_logvar, const OptView& eps_q,
              const OptView& eps_g, int64_t num_samples, double scale, double shift, bool squared,
              int64_t k, const ViewTuple& values, const ViewTuple& indices, uintptr_t workspace,
-             int64_t workspace_bytes, int num_threads, uintptr_t stream) {
+             int64_t workspace_bytes, int num_threads, uintptr_t stream, const OptView& g_packed,
+             const OptView& g_terms, int64_t g_layout_tag) {
   pcmekit::TopkParams p = make_params(score, metric, q_mean, q_logvar, g_mean, g_logvar, eps_q,
                                       eps_g, num_samples, scale, shift, squared, k);
+  p.g_packed = to_view(g_packed, "g_packed");
+  p.g_terms = to_view(g_terms, "g_terms");
+  p.g_layout_tag = g_layout_tag;
   p.values = to_view(values, "values");
   p.indices = to_view(indices, "indices");
   p.workspace = reinterpret_cast<void*>(workspace);
@@ -64,6 +69,26 @@ int64_t topk_workspace_bytes_py(int score, int metric, const ViewTuple& q_mean,
   return pcmekit::topk_workspace_bytes(p);
 }
 
+// (packed elements, layout tag) of a prepared gallery.
+std::tuple<int64_t, int64_t> topk_prepared_layout_py(int metric, int dtype, int64_t n, int64_t d) {
+  const pcmekit::TopkPreparedLayout l = pcmekit::topk_prepared_layout(
+      static_cast<pcmekit::Metric>(metric), static_cast<pcmekit::DType>(dtype), n, d);
+  return {l.packed_elements, l.tag};
+}
+
+void topk_prepare_gallery_py(int metric, const ViewTuple& g_mean, const OptView& g_logvar,
+                             const ViewTuple& packed, const ViewTuple& terms, int num_threads) {
+  pcmekit::TopkPrepareParams p;
+  p.metric = static_cast<pcmekit::Metric>(metric);
+  p.g_mean = to_view(g_mean, "g_mean");
+  p.g_logvar = to_view(g_logvar, "g_logvar");
+  p.packed = to_view(packed, "packed");
+  p.terms = to_view(terms, "terms");
+  p.num_threads = num_threads;
+  py::gil_scoped_release release;
+  pcmekit::topk_prepare_gallery(p);
+}
+
 }  // namespace
 
 void register_topk(py::module_& m) {
@@ -72,7 +97,12 @@ void register_topk(py::module_& m) {
         py::arg("eps_g"), py::arg("num_samples"), py::arg("scale"), py::arg("shift"),
         py::arg("squared"), py::arg("k"), py::arg("values"), py::arg("indices"),
         py::arg("workspace"), py::arg("workspace_bytes"), py::arg("num_threads"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("g_packed") = std::nullopt, py::arg("g_terms") = std::nullopt,
+        py::arg("g_layout_tag") = 0);
+  m.def("topk_prepared_layout", &topk_prepared_layout_py, py::arg("metric"), py::arg("dtype"),
+        py::arg("n"), py::arg("d"));
+  m.def("topk_prepare_gallery", &topk_prepare_gallery_py, py::arg("metric"), py::arg("g_mean"),
+        py::arg("g_logvar"), py::arg("packed"), py::arg("terms"), py::arg("num_threads"));
   m.def("topk_workspace_bytes", &topk_workspace_bytes_py, py::arg("score"), py::arg("metric"),
         py::arg("q_mean"), py::arg("q_logvar"), py::arg("g_mean"), py::arg("g_logvar"),
         py::arg("num_samples"), py::arg("k"));

@@ -2,6 +2,7 @@
 #include "pcmekit/topk.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "core/checks.h"
 
@@ -9,6 +10,31 @@ namespace pcmekit {
 namespace {
 
 using detail::check_matrix;
+
+// The micro-kernels read packed panels with aligned vector loads.
+void check_packed_alignment(const MatrixView& v, const char* name) {
+  PCMEKIT_CHECK(v.empty() || (v.col_stride == 1 && reinterpret_cast<uintptr_t>(v.data) % 64 == 0),
+                name, " must be contiguous and 64-byte aligned (a fresh torch CPU tensor is)");
+}
+
+// The gallery's prepared form must be the one topk_prepare_gallery makes for this metric, dtype,
+// shape and SIMD path: a packing of another is not a gallery the kernel could read.
+void check_prepared(const TopkParams& p) {
+  const MatrixView& g = p.g_mean;
+  PCMEKIT_CHECK(g.device == Device::CPU, "a prepared gallery (g_packed, g_terms) is CPU only, got ",
+                device_name(g.device), " tensors");
+  PCMEKIT_CHECK(p.score == TopkScore::Distance && has_inner_product_metric(p.metric),
+                "a prepared gallery (g_packed, g_terms) serves csd, w2, l2 and kl, not ",
+                p.score == TopkScore::MatchProb ? "match_prob" : metric_name(p.metric));
+  const TopkPreparedLayout layout = cpu::topk_prepared_layout(p.metric, g.dtype, g.rows, g.cols);
+  check_matrix(p.g_packed, "g_packed", 1, layout.packed_elements, "[1, packed elements]", g.dtype,
+               g.device, g.device_index);
+  check_matrix(p.g_terms, "g_terms", g.rows, 1, "[N, 1]", g.dtype, g.device, g.device_index);
+  check_packed_alignment(p.g_packed, "g_packed");
+  PCMEKIT_CHECK(p.g_layout_tag == layout.tag, "g_packed was packed with layout tag ",
+                p.g_layout_tag, ", but this process's kernels read layout ", layout.tag,
+                " (another SIMD path or version): prepare the gallery again");
+}
 
 void check_inputs(const TopkParams& p) {
   const MatrixView& q = p.q_mean;
@@ -44,12 +70,41 @@ void check_inputs(const TopkParams& p) {
     check_matrix(p.eps_q, "eps_q", nq * p.num_samples, d, "[Q * J, D]", dt, dev, idx);
     check_matrix(p.eps_g, "eps_g", n * p.num_samples, d, "[N * J, D]", dt, dev, idx);
   }
+  if (p.g_packed.present() || p.g_terms.present()) check_prepared(p);
   PCMEKIT_CHECK(p.k >= 1 && p.k <= n, "k must be between 1 and the gallery size N = ", n, ", got ", p.k);
   PCMEKIT_CHECK(dev != Device::CUDA || p.k <= kCudaMaxTopk, "k must be at most ", kCudaMaxTopk,
                 " on CUDA, got ", p.k, "; search on the CPU or in several passes");
 }
 
 }  // namespace
+
+TopkPreparedLayout topk_prepared_layout(Metric metric, DType dtype, int64_t n, int64_t d) {
+  PCMEKIT_CHECK(has_inner_product_metric(metric),
+                "a prepared gallery serves csd, w2, l2 and kl, not ", metric_name(metric));
+  PCMEKIT_CHECK_TYPE(dtype == DType::Float32 || dtype == DType::Float64,
+                     "a prepared gallery is float32 or float64, got ", dtype_name(dtype));
+  PCMEKIT_CHECK(n >= 0 && d >= 0, "gallery shape must be non-negative, got [", n, ", ", d, "]");
+  return cpu::topk_prepared_layout(metric, dtype, n, d);
+}
+
+void topk_prepare_gallery(const TopkPrepareParams& p) {
+  const MatrixView& g = p.g_mean;
+  PCMEKIT_CHECK(g.device == Device::CPU, "topk_prepare_gallery: g_mean must be on the CPU, got ",
+                device_name(g.device));
+  const TopkPreparedLayout layout = topk_prepared_layout(p.metric, g.dtype, g.rows, g.cols);
+  check_matrix(g, "g_mean", g.rows, g.cols, "[N, D]", g.dtype, g.device, g.device_index);
+  const bool need_logvar = metric_needs_logvar(p.metric);
+  if (need_logvar || p.g_logvar.present())
+    check_matrix(p.g_logvar, "g_logvar", g.rows, g.cols, "[N, D]", g.dtype, g.device,
+                 g.device_index);
+  PCMEKIT_CHECK(!need_logvar || p.g_logvar.present() || g.rows * g.cols == 0, "metric '",
+                metric_name(p.metric), "' needs g_logvar");
+  check_matrix(p.packed, "packed", 1, layout.packed_elements, "[1, packed elements]", g.dtype,
+               g.device, g.device_index);
+  check_matrix(p.terms, "terms", g.rows, 1, "[N, 1]", g.dtype, g.device, g.device_index);
+  check_packed_alignment(p.packed, "packed");
+  cpu::topk_prepare_gallery(p);
+}
 
 int64_t topk_workspace_bytes(const TopkParams& p) {
   if (p.q_mean.device != Device::CUDA) return 0;

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "cpu/gemm.h"
@@ -135,53 +136,69 @@ std::vector<T> squared_norms(const MatrixView& mean, const MatrixView& logvar, i
   return out;
 }
 
-inline bool has_inner_product_form(Metric metric) {
-  return metric == Metric::CSD || metric == Metric::L2 || metric == Metric::W2 ||
-         metric == Metric::KL;
+inline bool has_inner_product_form(Metric metric) { return has_inner_product_metric(metric); }
+
+// One side's part of the inner-product form: its row scalars and its GEMM operand, [rows, depth]
+// for the a side (lhs) and [depth, rows] for the b side (rhs). csd and l2 read the means in place;
+// w2 and kl point the operand into `features`, which owns them (moving a SideForm keeps them where
+// they are).
+template <typename T>
+struct SideForm {
+  std::vector<T> scalar;  // [rows]
+  Features<T> features;   // empty for csd and l2
+  GemmOperand<T> op{};
+  int64_t depth = 0;
+};
+
+template <typename T>
+SideForm<T> side_form(const MatrixView& mean, const MatrixView& logvar, Metric metric, bool a_side,
+                      int num_threads) {
+  SideForm<T> s;
+  if (metric == Metric::CSD || metric == Metric::L2) {
+    // The features are the means themselves: the GEMM reads them in place, no copies.
+    s.scalar = squared_norms<T>(mean, metric == Metric::CSD ? logvar : MatrixView{}, num_threads);
+    s.depth = mean.cols;
+    const T* data = static_cast<const T*>(mean.data);
+    s.op = a_side ? GemmOperand<T>{data, mean.row_stride, mean.col_stride}
+                  : GemmOperand<T>{data, mean.col_stride, mean.row_stride};
+    return s;
+  }
+  {
+    const Side<T> side(mean, logvar, num_threads);
+    s.features = forward_features(side, metric, a_side, num_threads);
+  }
+  s.scalar = std::move(s.features.scalar);
+  s.depth = s.features.width;
+  s.op = a_side ? s.features.as_rows() : s.features.as_columns();
+  return s;
 }
 
 // Everything a GEMM needs to produce distance(a_i, b_j) = row[i] + col[j] + alpha * (lhs @ rhs)[i, j].
 template <typename T>
 struct InnerProductForm {
-  std::vector<T> row;       // [rows of a]
-  std::vector<T> col;       // [rows of b]
-  Features<T> fa, fb;       // owners of the feature matrices (empty for csd and l2)
-  GemmOperand<T> lhs{}, rhs{};  // [rows of a, depth] and [depth, rows of b]; may point into fa, fb
+  SideForm<T> a, b;
+  const std::vector<T>& row;  // [rows of a]
+  const std::vector<T>& col;  // [rows of b]
+  const GemmOperand<T>& lhs;  // [rows of a, depth]
+  const GemmOperand<T>& rhs;  // [depth, rows of b]
   int64_t depth = 0;
   T alpha = T(-2);
+
+  InnerProductForm(SideForm<T> a_side, SideForm<T> b_side, T alpha_)
+      : a(std::move(a_side)), b(std::move(b_side)), row(a.scalar), col(b.scalar), lhs(a.op),
+        rhs(b.op), depth(a.depth), alpha(alpha_) {}
+  InnerProductForm(const InnerProductForm&) = delete;
+  InnerProductForm& operator=(const InnerProductForm&) = delete;
 };
 
 template <typename T>
 InnerProductForm<T> inner_product_form(const MatrixView& a_mean, const MatrixView& a_logvar,
                                        const MatrixView& b_mean, const MatrixView& b_logvar,
                                        Metric metric, int num_threads) {
-  InnerProductForm<T> form;
-  form.alpha = gemm_alpha<T>(metric);
-  if (metric == Metric::CSD || metric == Metric::L2) {
-    // The features are the means themselves: the GEMM reads them in place, no copies.
-    const bool with_var = metric == Metric::CSD;
-    form.row = squared_norms<T>(a_mean, with_var ? a_logvar : MatrixView{}, num_threads);
-    form.col = squared_norms<T>(b_mean, with_var ? b_logvar : MatrixView{}, num_threads);
-    form.depth = a_mean.cols;
-    form.lhs = {static_cast<const T*>(a_mean.data), a_mean.row_stride, a_mean.col_stride};
-    form.rhs = {static_cast<const T*>(b_mean.data), b_mean.col_stride, b_mean.row_stride};
-    return form;
-  }
-  {
-    const Side<T> a(a_mean, a_logvar, num_threads);
-    form.fa = forward_features(a, metric, true, num_threads);
-  }
-  {
-    const Side<T> b(b_mean, b_logvar, num_threads);
-    form.fb = forward_features(b, metric, false, num_threads);
-  }
-  form.row = form.fa.scalar;
-  form.col = form.fb.scalar;
-  form.depth = form.fa.width;
-  // Moving the form (returning it) moves the vectors, whose buffers stay where they are.
-  form.lhs = form.fa.as_rows();
-  form.rhs = form.fb.as_columns();
-  return form;
+  // Guaranteed copy elision (C++17): the form is built in the caller's variable.
+  return InnerProductForm<T>(side_form<T>(a_mean, a_logvar, metric, true, num_threads),
+                             side_form<T>(b_mean, b_logvar, metric, false, num_threads),
+                             gemm_alpha<T>(metric));
 }
 
 }  // namespace pcmekit::cpu::inner

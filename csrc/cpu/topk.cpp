@@ -210,10 +210,14 @@ void reject_nan(std::initializer_list<NamedInput> inputs, int num_threads) {
 }
 
 template <typename T>
-bool any_nan(const std::vector<T>& terms) {
+bool any_nan(const T* terms, int64_t count) {
   bool nan = false;
-  for (const T x : terms) nan |= x != x;
+  for (int64_t i = 0; i < count; ++i) nan |= terms[i] != terms[i];  // vectorises, unlike isnan
   return nan;
+}
+template <typename T>
+bool any_nan(const std::vector<T>& terms) {
+  return any_nan(terms.data(), static_cast<int64_t>(terms.size()));
 }
 
 // How the (rows x gallery) work is cut into cells, one per thread.
@@ -221,8 +225,12 @@ struct Grid {
   int64_t row_blocks = 1, shards = 1;
 };
 
-Grid plan_grid(int64_t q, int64_t n, int num_threads) {
-  const int64_t threads = resolve_threads(num_threads);
+// `work`: the search's cost in multiply-adds; threads are added only while each gets at least
+// what starting it costs (detail::kThreadCostFma, tens of microseconds).
+Grid plan_grid(int64_t q, int64_t n, int num_threads, double work) {
+  const double useful = std::min(work / detail::kThreadCostFma, 1e9);  // work may be infinite
+  const int64_t threads =
+      std::min<int64_t>(resolve_threads(num_threads), std::max<int64_t>(1, static_cast<int64_t>(useful)));
   Grid g;
   if (threads <= 1) return g;
   // Shards first: a cell packs only its shard of the gallery, where a row block packs all of it
@@ -273,9 +281,11 @@ void write_results(const TopkParams& p, std::vector<RowHeaps<T>>& cells, const G
 }
 
 // Runs body(cell, row0, row1, gal0, gal1, heaps) for every cell of the grid, one thread each.
+// Shard bounds are multiples of `align` (a prepared gallery is read in whole panels), the last
+// shard ending at N.
 template <typename T, typename Body>
 void for_each_cell(const TopkParams& p, const Grid& grid, std::vector<RowHeaps<T>>& cells,
-                   std::vector<int64_t>& row_start, const Body& body) {
+                   std::vector<int64_t>& row_start, const Body& body, int64_t align = 1) {
   const int64_t q = p.q_mean.rows, n = p.g_mean.rows;
   row_start.clear();
   for (int64_t b = 0; b < grid.row_blocks; ++b) row_start.push_back(q * b / grid.row_blocks);
@@ -289,38 +299,78 @@ void for_each_cell(const TopkParams& p, const Grid& grid, std::vector<RowHeaps<T
     for (int64_t c = lo; c < hi; ++c) {
       const int64_t b = c / grid.shards, s = c % grid.shards;
       const int64_t r0 = q * b / grid.row_blocks, r1 = q * (b + 1) / grid.row_blocks;
-      const int64_t g0 = n * s / grid.shards, g1 = n * (s + 1) / grid.shards;
+      const int64_t g0 = n * s / grid.shards / align * align;
+      const int64_t g1 = s + 1 == grid.shards ? n : n * (s + 1) / grid.shards / align * align;
       if (r0 < r1 && g0 < g1) body(r0, r1, g0, g1, cells[static_cast<size_t>(c)]);
     }
   });
 }
 
+// Depth of the GEMM operand of the inner-product form: the means (csd, l2) or [mu, sigma]-like
+// feature pairs (w2, kl), as inner::side_form builds them.
+int64_t inner_product_depth(Metric metric, int64_t d) {
+  return metric == Metric::CSD || metric == Metric::L2 ? d : 2 * d;
+}
+
+template <typename T>
+TopkPreparedLayout prepared_layout(Metric metric, int64_t n, int64_t d) {
+  const PackedBLayout packing = packed_b_layout<T>(n, inner_product_depth(metric, d));
+  TopkPreparedLayout out;
+  out.packed_elements = packing.elements;
+  out.tag = packing.tag * 8 + static_cast<int64_t>(metric);  // the packed features and terms are the metric's
+  return out;
+}
+
 template <typename T>
 void topk_inner_product(const TopkParams& p) {
   const int nt = p.num_threads;
+  const bool prepared = p.g_packed.present();
+  const MatrixView none;  // l2 ignores the log-variances, NaN or not
+  const MatrixView& ql = p.metric == Metric::L2 ? none : p.q_logvar;
+  const MatrixView& gl = p.metric == Metric::L2 ? none : p.g_logvar;
   // csd's and l2's terms read every input element (l2 has no log-variances); w2's and kl's do not
-  // all propagate a NaN (kl's query term ignores the means), so those are scanned.
+  // all propagate a NaN (kl's query term ignores the means), so those are scanned. A prepared
+  // gallery was checked when it was prepared.
   const bool terms_see_nan = p.metric == Metric::CSD || p.metric == Metric::L2;
-  if (!terms_see_nan)
-    reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &p.q_logvar, 1},
-                   {"g_mean", &p.g_mean, 1}, {"g_logvar", &p.g_logvar, 1}}, nt);
-  const inner::InnerProductForm<T> form =
-      inner::inner_product_form<T>(p.q_mean, p.q_logvar, p.g_mean, p.g_logvar, p.metric, nt);
-  if (terms_see_nan) {
-    const MatrixView none;  // l2 ignores the log-variances, NaN or not
-    const MatrixView& ql = p.metric == Metric::L2 ? none : p.q_logvar;
-    const MatrixView& gl = p.metric == Metric::L2 ? none : p.g_logvar;
-    if (any_nan(form.row)) reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &ql, 1}}, nt);
-    if (any_nan(form.col)) reject_nan<T>({{"g_mean", &p.g_mean, 1}, {"g_logvar", &gl, 1}}, nt);
+  if (!terms_see_nan) {
+    reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &p.q_logvar, 1}}, nt);
+    if (!prepared) reject_nan<T>({{"g_mean", &p.g_mean, 1}, {"g_logvar", &p.g_logvar, 1}}, nt);
   }
-  const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, nt);
+  const inner::SideForm<T> query = inner::side_form<T>(p.q_mean, p.q_logvar, p.metric, true, nt);
+  inner::SideForm<T> gallery;  // unprepared: the gallery's terms and operand, computed here
+  std::vector<T> strided_terms;
+  const T* col_terms = nullptr;
+  const int64_t n = p.g_mean.rows;
+  if (!prepared) {
+    gallery = inner::side_form<T>(p.g_mean, p.g_logvar, p.metric, false, nt);
+    col_terms = gallery.scalar.data();
+  } else if (p.g_terms.row_stride == 1 || n <= 1) {
+    col_terms = static_cast<const T*>(p.g_terms.data);
+  } else {
+    strided_terms.resize(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) strided_terms[static_cast<size_t>(r)] = load<T>(p.g_terms, r, 0);
+    col_terms = strided_terms.data();
+  }
+  const std::vector<T>& row_terms = query.scalar;
+  if (terms_see_nan && any_nan(row_terms)) reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &ql, 1}}, nt);
+  if (any_nan(col_terms, n)) {
+    if (prepared)
+      throw std::invalid_argument("g_terms contains NaN: the prepared gallery is not one topk_prepare_gallery made");
+    if (terms_see_nan) reject_nan<T>({{"g_mean", &p.g_mean, 1}, {"g_logvar", &gl, 1}}, nt);
+  }
+  const PackedBLayout packing = packed_b_layout<T>(p.g_mean.rows, query.depth);
+  const T* packed = prepared ? static_cast<const T*>(p.g_packed.data) : nullptr;
+  // The GEMM, plus packing the gallery (detail::kPackCostFma an element) unless it is prepared.
+  const double gallery_elems = double(p.g_mean.rows) * double(query.depth);
+  const double work = gallery_elems * (double(p.q_mean.rows) + (prepared ? 0.0 : detail::kPackCostFma));
+  const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, nt, work);
   std::vector<RowHeaps<T>> cells;
   std::vector<int64_t> row_start;
-  const T alpha = form.alpha;
+  const T alpha = inner::gemm_alpha<T>(p.metric);
   for_each_cell<T>(p, grid, cells, row_start,
                    [&](int64_t r0, int64_t r1, int64_t g0, int64_t g1, RowHeaps<T>& heaps) {
-    const T* row = form.row.data() + r0;
-    const T* col = form.col.data() + g0;
+    const T* row = row_terms.data() + r0;
+    const T* col = col_terms + g0;
     auto epilogue = [&](int64_t r, int64_t c0, int64_t count, const T* acc) {
       const T floor = -row[r];  // key of a distance clamped at zero
       const int64_t first = g0 + c0;
@@ -346,12 +396,28 @@ void topk_inner_product(const TopkParams& p) {
         ++t;
       }
     };
-    GemmOperand<T> lhs = form.lhs, rhs = form.rhs;
+    GemmOperand<T> lhs = query.op;
     lhs.data += r0 * lhs.row_stride;
-    rhs.data += g0 * rhs.col_stride;
-    gemm<T>(r1 - r0, g1 - g0, form.depth, lhs, rhs, epilogue, 1);
-  });
-  write_results<T>(p, cells, grid, row_start, [&](int64_t r, T key) { return key + form.row[static_cast<size_t>(r)]; });
+    if (prepared) {
+      gemm_packed<T>(r1 - r0, g1 - g0, query.depth, lhs, packed, packing.cols, g0, epilogue, 1);
+    } else {
+      GemmOperand<T> rhs = gallery.op;
+      rhs.data += g0 * rhs.col_stride;
+      gemm<T>(r1 - r0, g1 - g0, query.depth, lhs, rhs, epilogue, 1);
+    }
+  }, prepared ? packing.nr : 1);
+  write_results<T>(p, cells, grid, row_start, [&](int64_t r, T key) { return key + row_terms[static_cast<size_t>(r)]; });
+}
+
+template <typename T>
+void prepare_gallery(const TopkPrepareParams& p) {
+  const int nt = p.num_threads;
+  const MatrixView none;
+  const MatrixView& gl = p.metric == Metric::L2 ? none : p.g_logvar;
+  reject_nan<T>({{"g_mean", &p.g_mean, 1}, {"g_logvar", &gl, 1}}, nt);
+  const inner::SideForm<T> side = inner::side_form<T>(p.g_mean, p.g_logvar, p.metric, false, nt);
+  for (int64_t r = 0; r < p.g_mean.rows; ++r) at<T>(p.terms, r, 0) = side.scalar[static_cast<size_t>(r)];
+  pack_b<T>(p.g_mean.rows, side.depth, side.op, static_cast<T*>(p.packed.data), nt);
 }
 
 // Scores a tile of rows [r0, r1) x gallery [g0, g1) into `tile` (row-major, ld = kTileCols) and
@@ -406,7 +472,9 @@ void topk_tiled(const TopkParams& p) {
   reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &p.q_logvar, 1}, {"g_mean", &p.g_mean, 1},
                  {"g_logvar", &p.g_logvar, 1}, {"eps_q", &p.eps_q, j}, {"eps_g", &p.eps_g, j}},
                 p.num_threads);
-  const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, p.num_threads);
+  // Tiles cost far more than their multiply-adds (copies, exps, J x J samples): never too little.
+  const Grid grid = plan_grid(p.q_mean.rows, p.g_mean.rows, p.num_threads,
+                              std::numeric_limits<double>::infinity());
   std::vector<RowHeaps<T>> cells;
   std::vector<int64_t> row_start;
   const bool match = p.score == TopkScore::MatchProb;
@@ -439,6 +507,16 @@ void topk_typed(const TopkParams& p) {
 }
 
 }  // namespace
+
+TopkPreparedLayout topk_prepared_layout(Metric metric, DType dtype, int64_t n, int64_t d) {
+  return dtype == DType::Float64 ? prepared_layout<double>(metric, n, d)
+                                 : prepared_layout<float>(metric, n, d);
+}
+
+void topk_prepare_gallery(const TopkPrepareParams& p) {
+  if (p.g_mean.dtype == DType::Float64) return prepare_gallery<double>(p);
+  prepare_gallery<float>(p);
+}
 
 void topk(const TopkParams& p) {
   if (p.q_mean.rows == 0) return;

@@ -124,6 +124,19 @@ def topk(
     workspace_bytes: int,
     num_threads: int,
     stream: int,
+    g_packed: Optional[ViewTuple] = None,  # [1, packed elements] from topk_prepare_gallery (CPU)
+    g_terms: Optional[ViewTuple] = None,  # [N, 1] from topk_prepare_gallery
+    g_layout_tag: int = 0,  # topk_prepared_layout(...)[1] of that preparation
+) -> None: ...
+def topk_prepared_layout(metric: int, dtype: int, n: int, d: int) -> Tuple[int, int]:
+    """(packed elements, layout tag) of a prepared CPU gallery (csd, w2, l2, kl; float32/64)."""
+def topk_prepare_gallery(
+    metric: int,
+    g_mean: ViewTuple,  # [N, D]
+    g_logvar: Optional[ViewTuple],  # [N, D]; None for l2
+    packed: ViewTuple,  # [1, packed elements], written; contiguous, 64-byte aligned
+    terms: ViewTuple,  # [N, 1], written
+    num_threads: int,
 ) -> None: ...
 def topk_workspace_bytes(
     score: int,

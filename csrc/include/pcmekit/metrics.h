@@ -26,6 +26,13 @@ const char* metric_name(Metric metric);
 // Whether the metric reads the log-variances at all (l2 uses the means only).
 PCMEKIT_HD constexpr bool metric_needs_logvar(Metric metric) { return metric != Metric::L2; }
 
+// Whether the metric is row term + column term + alpha * <f_a, f_b> (docs/design.md, "The metrics"),
+// the form the GEMM engines compute.
+PCMEKIT_HD constexpr bool has_inner_product_metric(Metric metric) {
+  return metric == Metric::CSD || metric == Metric::W2 || metric == Metric::L2 ||
+         metric == Metric::KL;
+}
+
 // Partial derivatives of one per-dimension term.
 template <typename T>
 struct TermGrad {

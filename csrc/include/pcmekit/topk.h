@@ -49,6 +49,12 @@ struct TopkParams {
   double shift = 0.0;
   bool squared = false;
 
+  // CPU, csd / w2 / l2 / kl only: a gallery prepared by topk_prepare_gallery for these g_mean /
+  // g_logvar (both absent = prepare nothing). The kernel then reads the gallery only through them.
+  MatrixView g_packed;      // [1, TopkPreparedLayout::packed_elements]
+  MatrixView g_terms;       // [N, 1]
+  int64_t g_layout_tag = 0; // TopkPreparedLayout::tag of the preparation
+
   int64_t k = 1;        // 1 <= k <= N (and <= kCudaMaxTopk on CUDA)
   MatrixView values;    // [Q, k], written: float32 for float16/bfloat16 inputs, else input dtype
   MatrixView indices;   // [Q, k], written: int64 gallery rows
@@ -71,8 +77,32 @@ void topk(const TopkParams& p);
 // exist.
 int64_t topk_workspace_bytes(const TopkParams& p);
 
+// A gallery prepared once for many CPU searches (what GalleryIndex keeps): its column terms of
+// the inner-product form and its GEMM operand packed in the micro-kernels' panel layout, so that a
+// search neither takes exp of the gallery's log-variances nor packs it. Searching a prepared
+// gallery gives the unprepared search's results bit for bit. The packing is valid only for the
+// process's SIMD path (the tag says which); csd, w2, l2 and kl; float32 and float64.
+struct TopkPreparedLayout {
+  int64_t packed_elements = 0;  // of the gallery's dtype
+  int64_t tag = 0;
+};
+TopkPreparedLayout topk_prepared_layout(Metric metric, DType dtype, int64_t n, int64_t d);
+
+struct TopkPrepareParams {
+  Metric metric = Metric::CSD;
+  MatrixView g_mean;    // [N, D]
+  MatrixView g_logvar;  // [N, D]; may be absent for l2
+  MatrixView packed;    // [1, packed_elements], written
+  MatrixView terms;     // [N, 1], written
+  int num_threads = 0;
+};
+// Validates like topk (NaN in the gallery is an error) and fills packed and terms.
+void topk_prepare_gallery(const TopkPrepareParams& p);
+
 namespace cpu {
 void topk(const TopkParams& p);
+TopkPreparedLayout topk_prepared_layout(Metric metric, DType dtype, int64_t n, int64_t d);
+void topk_prepare_gallery(const TopkPrepareParams& p);
 }  // namespace cpu
 
 namespace cuda {

@@ -8,6 +8,7 @@ under ``torch.compile`` and ``torch.library.opcheck``); :func:`topk` checks what
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -32,7 +33,7 @@ from ._args import (
 )
 from .match_prob import match_prob_scalar
 
-__all__ = ["topk", "topk_op", "TOPK_METRICS"]
+__all__ = ["topk", "topk_op", "TOPK_METRICS", "PreparedGallery", "PREPARABLE_METRICS", "prepare_gallery", "topk_prepared"]
 
 Array = Union[torch.Tensor, np.ndarray]
 
@@ -215,4 +216,95 @@ def topk(
     )
     if to_numpy:
         return values.numpy(), indices.numpy()
+    return values, indices
+
+
+# -- prepared galleries (GalleryIndex) ------------------------------------------------------------
+
+#: The metrics whose CPU search can use a prepared gallery: the inner-product form's.
+PREPARABLE_METRICS: Tuple[str, ...] = ("csd", "w2", "l2", "kl")
+
+
+@dataclass(frozen=True)
+class PreparedGallery:
+    """A CPU gallery made ready for many searches (docs/design.md, "Performance"): its column
+    terms of the inner-product form and its GEMM operand in the micro-kernels' packed layout.
+
+    Made by :func:`prepare_gallery` for one ``(g_mean, g_logvar, metric)``; valid only while those
+    tensors are unchanged and only in the process (SIMD path) that made it. Memory: one copy of
+    the means (csd, l2) or twice that (w2, kl: two feature vectors per row), plus N scalars.
+    """
+
+    metric: str
+    packed: torch.Tensor  # [1, elements], the packed operand
+    terms: torch.Tensor  # [N, 1], the column terms
+    layout_tag: int
+    rows: int
+    dim: int
+    # The core's views of (g_mean, g_logvar, packed, terms), made once: a search of a few queries
+    # takes ~10 us in the kernel, and every view costs ~1.5 us.
+    views: Tuple[Any, ...]
+
+
+def prepare_gallery(g_mean: torch.Tensor, g_logvar: Optional[torch.Tensor], metric: str) -> PreparedGallery:
+    """Prepares a CPU float32/float64 gallery ``g_mean [N, D]``, ``g_logvar [N, D]`` (None for
+    l2) for :func:`topk_prepared` with ``metric`` in :data:`PREPARABLE_METRICS`.
+
+    Raises:
+        ValueError: another metric, a non-CPU gallery, NaN in the gallery, shapes that disagree.
+        TypeError: a dtype other than float32 / float64.
+    """
+    metric = check_metric(metric, PREPARABLE_METRICS)
+    if g_mean.device.type != "cpu":
+        raise ValueError(f"prepare_gallery: g_mean must be on the CPU, got {g_mean.device}")
+    n, d = g_mean.shape
+    code = METRICS.index(metric)
+    elements, tag = _core.topk_prepared_layout(code, _core.dtype_code(g_mean.dtype), n, d)
+    packed = torch.empty((1, elements), dtype=g_mean.dtype)
+    terms = torch.empty((n, 1), dtype=g_mean.dtype)
+    logvar = None if metric == "l2" else g_logvar
+    _core.topk_prepare_gallery(
+        code, matrix_view(g_mean), matrix_view(logvar), matrix_view(packed), matrix_view(terms), get_num_threads()
+    )
+    views = (matrix_view(g_mean), matrix_view(logvar), matrix_view(packed), matrix_view(terms))
+    return PreparedGallery(metric, packed, terms, tag, n, d, views)
+
+
+def topk_prepared(
+    q_mean: torch.Tensor, q_logvar: Optional[torch.Tensor], prepared: PreparedGallery, k: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk` of CPU queries against the gallery that ``prepared`` was made from (which
+    must be unchanged since): the same values and indices bit for bit, without taking exp of the
+    gallery's log-variances or packing it on every call. The queries must already be what
+    :func:`topk` would pass on (tensors of the gallery's dtype); the core checks shapes, k, NaN
+    in the queries and the preparation's layout."""
+    metric = prepared.metric
+    rows, cols = q_mean.shape[0], min(max(k, 0), prepared.rows)
+    values = torch.empty((rows, cols), dtype=out_dtype(q_mean.dtype))
+    indices = torch.empty((rows, cols), dtype=torch.int64)
+    g_view, g_lv_view, packed_view, terms_view = prepared.views
+    _core.topk(
+        _SCORE_DISTANCE,
+        METRICS.index(metric),
+        matrix_view(q_mean),
+        None if metric == "l2" else matrix_view(q_logvar),
+        g_view,
+        g_lv_view,
+        None,
+        None,
+        1,
+        0.0,
+        0.0,
+        False,
+        k,
+        matrix_view(values),
+        matrix_view(indices),
+        0,
+        0,
+        get_num_threads(),
+        0,
+        packed_view,
+        terms_view,
+        prepared.layout_tag,
+    )
     return values, indices

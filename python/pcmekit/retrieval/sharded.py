@@ -22,7 +22,8 @@ __all__ = ["ShardedIndex"]
 class ShardedIndex(GalleryIndex):
     """A gallery sharded over the ranks of a torch.distributed process group.
 
-    ``ShardedIndex(metric="csd", device="cpu", dtype=torch.float32, *, group=None, seed=0, **metric_kwargs)``
+    ``ShardedIndex(metric="csd", device="cpu", dtype=torch.float32, *, group=None, seed=0, prepare=True,
+    **metric_kwargs)`` (``prepare`` as in :class:`GalleryIndex`)
 
     Each rank holds one shard: the rows of its own :meth:`add` calls (a shard may stay empty).
     Global indices number the shards in rank order: rank r's local row ``i`` is global index
@@ -54,13 +55,16 @@ class ShardedIndex(GalleryIndex):
         *,
         group: Any = None,
         seed: int = 0,
+        prepare: bool = True,
         **metric_kwargs: Any,
     ) -> None:
         self._group = group
         self._rank, self._world_size = process_group_info(
             "ShardedIndex", group, alternative=", or use GalleryIndex in one process"
         )
-        super().__init__(metric, device, dtype, seed=seed, **metric_kwargs)
+        super().__init__(metric, device, dtype, seed=seed, prepare=prepare, **metric_kwargs)
+        # Queries are checked where a failure can still be announced to every rank.
+        self._kernel_checks_nan = False
 
     def _noise_rank(self) -> int:
         return self._rank
