@@ -131,6 +131,24 @@ def test_summary_marks_cells_where_pcmekit_is_not_ahead():
     assert "pcmekit ahead of every peer in 1 of 2 cells" in text
 
 
+def test_summary_pairs_faiss_and_keops_with_the_prepared_index_and_torch_with_topk():
+    # faiss and KeOps build gallery-side state before the timing, as GalleryIndex does; torch and
+    # pcmekit.topk start from raw tensors. Each ratio is against its partner.
+    rows = _rows("topk", 1, 2000, 32, {"pcmekit": 2.0, "GalleryIndex (pcmekit, prepared)": 0.5,
+                                       "torch (chunked)": 3.0, "faiss IndexFlatL2": 1.0, "keops LazyTensor": 4.0})
+    rows += _rows("topk", 16, 2000, 32, {"pcmekit": 1.0, "GalleryIndex (pcmekit, prepared)": 2.0,
+                                        "torch (chunked)": 0.5, "faiss IndexFlatL2": 4.0})
+    table = sweep._speedups(rows)
+    assert table[("topk", 1, 2000, 32)] == {"pcmekit": 2.0, "GalleryIndex": 0.5, "torch": 1.5, "faiss": 2.0, "keops": 8.0}
+    assert table[("topk", 16, 2000, 32)]["faiss"] == 2.0 and table[("topk", 16, 2000, 32)]["torch"] == 0.5
+    text = sweep.format_summary(rows)
+    assert "index ms" in text and "against GalleryIndex" in text
+    line = next(x for x in text.splitlines() if x.startswith("    1    2000    32"))
+    assert "0.500" in line and not line.endswith("<")
+    assert next(x for x in text.splitlines() if x.startswith("   16    2000    32")).endswith("<")  # torch 0.5x
+    assert "pcmekit ahead of every peer in 1 of 2 cells" in text
+
+
 def test_plot_grid_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     rows = []
@@ -216,6 +234,7 @@ def test_sweep_drops_a_failing_keops_call_with_the_reason(monkeypatch):
 
 
 def test_sweep_skips_a_peer_estimated_over_max_call_s_but_never_pcmekit_or_torch(monkeypatch):
+    # (pcmekit's GalleryIndex is never skipped either: it is pcmekit)
     peers = [p for p, ok in (("faiss", topk_suite.faiss_module() is not None), ("keops", _keops_available())) if ok]
     if not peers:
         pytest.skip("neither faiss-cpu nor pykeops is installed")
@@ -226,7 +245,7 @@ def test_sweep_skips_a_peer_estimated_over_max_call_s_but_never_pcmekit_or_torch
 
     monkeypatch.setattr(sweep, "calibrate", all_slow)
     rows = _run_tiny(max_call_s=5.0)
-    assert set(rows) == {"pcmekit", "torch (chunked)"}
+    assert set(rows) == {"pcmekit", "torch (chunked)", "GalleryIndex (pcmekit, prepared)"}
     notes = rows["pcmekit"]["notes"]
     for peer in peers:
         assert f"{peer} skipped: estimated" in notes and "max_call_s 5" in notes
@@ -245,7 +264,7 @@ def test_quick_sweep_through_the_cli_writes_every_output(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
 
     results = json.loads((tmp_path / "sweep.json").read_text())["results"]
-    expected = {"pcmekit", "torch (chunked)"}
+    expected = {"pcmekit", "torch (chunked)", "GalleryIndex (pcmekit, prepared)"}
     if topk_suite.faiss_module() is not None:
         expected.add("faiss IndexFlatL2")
     if _keops_available():

@@ -4,10 +4,13 @@ Two operations, every cell of the grid, the contenders of a cell in the same run
 
 * ``topk`` -- top-10 CSD retrieval, Q in {1, 16, 256, 5000} queries, N in {2000, 16000, 200000}
   gallery rows, D in {32, 64, 256, 512, 1024}: ``pcmekit`` (:func:`pcmekit.topk`), ``torch
-  (chunked)`` (:func:`pcmekit.reference.topk_chunked`, the baseline), ``faiss IndexFlatL2`` on the
+  (chunked)`` (:func:`pcmekit.reference.topk_chunked`, the baseline), ``GalleryIndex (pcmekit,
+  prepared)`` (:class:`pcmekit.bench.topk.PreparedIndex`, CPU only), ``faiss IndexFlatL2`` on the
   exact L2 reduction of CSD (:class:`pcmekit.bench.topk.FaissCSD`; CPU only, when faiss-cpu is
   installed) and ``keops LazyTensor`` (:mod:`pcmekit.bench._keops`, when pykeops is installed).
-  The faiss index and KeOps' per-gallery variance sums are built outside the timing.
+  The faiss index, KeOps' per-gallery variance sums and GalleryIndex's prepared gallery are built
+  outside the timing; in the summary and the plot faiss and KeOps are therefore measured against
+  GalleryIndex, and torch (which, like pcmekit.topk, starts from raw tensors) against pcmekit.topk.
 * ``pairwise`` -- the dense ``[Q, N]`` CSD matrix, the same Q and D, N in {2000, 16000} (so the
   output fits in memory): ``pcmekit`` (:func:`pcmekit.ops.pairwise_distance`) against ``torch
   (GEMM form)`` (:func:`pcmekit.reference.pairwise_distance_fast`, the baseline).
@@ -89,7 +92,12 @@ SAMPLE_S = 0.02  # least seconds per timed sample (a batch of calls)
 MIN_SAMPLES, MAX_SAMPLES, MAX_BATCH = 3, 200, 1000
 WARM_LIMIT_S = 1.0  # calls longer than this get no separate warm-up
 DEFAULT_MAX_CALL_S = 30.0
-ALWAYS_RUN = ("pcmekit", "torch")  # never skipped for time: the subject and the baseline of every cell
+#: Peer name of pcmekit's GalleryIndex contender (its gallery prepared before the timing).
+INDEX = "GalleryIndex"
+#: Peers that keep gallery-side state built before the timing (faiss's index, KeOps' variance
+#: sums): their speed-ups are taken against GalleryIndex, which does the same, where it ran.
+PREPARED_PEERS = ("faiss", "keops")
+ALWAYS_RUN = ("pcmekit", "torch", INDEX)  # never skipped for time: the subjects and the baseline of every cell
 PNG_NAME = "sweep_grid.png"
 
 Fn = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -202,6 +210,9 @@ def _contenders(op: str, gm: torch.Tensor, gl: torch.Tensor, device: str, notes:
         Contender("torch (chunked)", "torch", lambda a, b: topk_suite.baseline(a, b, gm, gl), baseline=True,
                   note=f"chunks of {topk_suite.CHUNK} gallery rows"),
     ]
+    if not device.startswith("cuda"):
+        out.append(Contender("GalleryIndex (pcmekit, prepared)", INDEX, topk_suite.PreparedIndex(gm, gl),
+                             note="gallery prepared before the timing, like faiss's index"))
     if device.startswith("cuda"):
         notes.append("faiss: CPU only, not run on CUDA")
     else:
@@ -483,7 +494,10 @@ def _agreement(op: str, results: Dict[str, Any], inputs: topk_suite.Inputs) -> s
 
 
 def _speedups(rows: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, int, int, int], Dict[str, float]]:
-    """Per cell: pcmekit's ms and each peer's ms over pcmekit's (the speed-up of pcmekit)."""
+    """Per cell: pcmekit's ms (``pcmekit``: :func:`pcmekit.topk`; ``GalleryIndex``: the prepared
+    index, when it ran) and each peer's ms over its pcmekit partner's (the speed-up of pcmekit):
+    torch against pcmekit.topk (both from raw tensors), faiss and KeOps against GalleryIndex
+    (all three keep gallery-side state built outside the timing)."""
     cellwise: Dict[Tuple[str, int, int, int], Dict[str, float]] = {}
     for r in rows:
         if r.get("suite") != SUITE:
@@ -495,7 +509,14 @@ def _speedups(rows: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, int, int, int],
         if "pcmekit" not in times:
             continue
         ours = times["pcmekit"]
-        out[cell] = {"pcmekit": ours, **{p: t / ours for p, t in times.items() if p != "pcmekit"}}
+        prepared = times.get(INDEX, ours)
+        entry = {"pcmekit": ours}
+        if INDEX in times:
+            entry[INDEX] = prepared
+        for p, t in times.items():
+            if p not in ("pcmekit", INDEX):
+                entry[p] = t / (prepared if p in PREPARED_PEERS else ours)
+        out[cell] = entry
     return out
 
 
@@ -509,9 +530,14 @@ def format_summary(rows: Sequence[Dict[str, Any]]) -> str:
         if not sel:
             continue
         peers = [p for p in ("torch", "faiss", "keops") if any(p in table[c] for c in sel)]
+        indexed = any(INDEX in table[c] for c in sel)
         what = f"top-{K} CSD" if op == "topk" else "CSD matrix"
         lines.append(f"sweep summary, {what}: peer time / pcmekit time (> 1: pcmekit faster; '<': pcmekit not ahead)")
-        header = f"{'Q':>5} {'N':>7} {'D':>5} {'pcmekit ms':>11}" + "".join(f" {p:>8}" for p in peers)
+        if indexed:
+            lines.append(f"  torch against pcmekit.topk (both from raw tensors); {', '.join(PREPARED_PEERS)} against "
+                         f"{INDEX}, which like them prepares the gallery outside the timing")
+        header = (f"{'Q':>5} {'N':>7} {'D':>5} {'pcmekit ms':>11}" + (f" {'index ms':>9}" if indexed else "")
+                  + "".join(f" {p:>8}" for p in peers))
         lines += [header, "-" * len(header)]
         behind = 0
         for cell in sel:
@@ -519,7 +545,9 @@ def format_summary(rows: Sequence[Dict[str, Any]]) -> str:
             ratios = [entry.get(p) for p in peers]
             mark = any(x is not None and x <= 1.0 for x in ratios)
             behind += mark
+            index_ms = entry.get(INDEX)
             lines.append(f"{cell[1]:>5} {cell[2]:>7} {cell[3]:>5} {entry['pcmekit']:>11.3f}"
+                         + ((f" {'-':>9}" if index_ms is None else f" {index_ms:>9.3f}") if indexed else "")
                          + "".join(f" {'-' if x is None else format(x, '.2f') + 'x':>8}" for x in ratios)
                          + ("  <" if mark else ""))
         lines.append(f"pcmekit ahead of every peer in {len(sel) - behind} of {len(sel)} cells")
