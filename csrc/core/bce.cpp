@@ -28,6 +28,8 @@ void check_bce(const DistanceBceParams& p) {
   PCMEKIT_CHECK(std::isfinite(p.scale), "scale must be finite, got ", p.scale);
   PCMEKIT_CHECK(std::isfinite(p.shift), "shift must be finite, got ", p.shift);
   if (cuda) {
+    PCMEKIT_CHECK(p.sums.present(), "sums is missing: CUDA distances need the [", kBceSumsRows,
+                  ", 3] float64 sums view the results are written to");
     check_matrix(p.sums, "sums", kBceSumsRows, 3, "[kBceSumsRows, 3]", DType::Float64, dev,
                  d.device_index);
     PCMEKIT_CHECK(p.sums.col_stride == 1 && p.sums.row_stride == 3,
