@@ -102,7 +102,7 @@ def reference(d, target, scale, shift, mean):
     c = compute_dtype(d.dtype)
     s = torch.tensor(torch.tensor(scale, dtype=c).item(), dtype=torch.float64, requires_grad=True)
     t = torch.tensor(torch.tensor(shift, dtype=c).item(), dtype=torch.float64, requires_grad=True)
-    dd = d.double().requires_grad_()
+    dd = d.detach().double().clone().requires_grad_()
     y = torch.eye(*d.shape, dtype=torch.float64) if target is None else target.double()
     x = -s * dd + t
     loss = F.binary_cross_entropy_with_logits(x, y, reduction="mean" if mean else "sum")
@@ -398,3 +398,44 @@ def test_pairwise_bce_empty(shape):
     assert math.isnan(got[0].item()) and got[1].item() == 0.0 and got[2].item() == 0.0
     got, _ = run_pairwise_bce("csd", args, None, 1.0, 0.0, False, HIGH)
     assert got.tolist() == [0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python layer's CUDA branch (ops/bce.py), run on CPU tensors whose views are labelled CUDA
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_python_cuda_branch_of_distance_bce(monkeypatch, dtype):
+    """_bce_cuda as the custom op calls it for CUDA tensors: the outputs' dtypes and values (the
+    fake's contract) and the results read from the device sums."""
+    from pcmekit.ops import bce as bce_op
+
+    monkeypatch.setattr(bce_op, "matrix_view", cu)
+    d = distances(37, 29, dtype, seed=20)
+    target = soft_target(37, 29, dtype)
+    c = compute_dtype(dtype)
+    s, t = torch.tensor(4.0, dtype=c), torch.tensor(6.0, dtype=c)
+    loss, grad, g_scale, g_shift = bce_op._bce_cuda(d, target, torch.empty_like(d), s, t, True)
+    assert (loss.dtype, grad.dtype, g_scale.dtype, g_shift.dtype) == (c, dtype, c, c)
+    assert loss.shape == () and g_scale.shape == () and g_shift.shape == ()
+    ref, ref_grad, mags = reference(d, target, 4.0, 6.0, True)
+    check_scalars(torch.stack([loss, g_scale, g_shift]).double(), ref, mags,
+                  tol(dtype) + (2.0**-24 if c == torch.float32 else 0.0), "python branch")
+    assert rel_err(grad, ref_grad) <= tol(dtype) + ROUNDING.get(dtype, 0.0)
+
+
+@pytest.mark.parametrize("metric,dtype,precision", [("csd", torch.float32, HIGH), ("l2", torch.float16, HIGHEST),
+                                                    ("kl", torch.float32, HIGHEST)])
+def test_python_cuda_branch_of_pairwise_bce(monkeypatch, metric, dtype, precision):
+    from pcmekit.ops import bce as bce_op
+
+    monkeypatch.setattr(bce_op, "matrix_view", cu)
+    monkeypatch.setattr(bce_op._core, "matmul_precision_code", lambda: precision)
+    args = gauss(40, 33, 17, dtype, seed=21)
+    lv = (None, None) if metric == "l2" else (args[1], args[3])
+    s, t = torch.tensor(0.3), torch.tensor(1.0)
+    loss, grad, g_scale, g_shift = bce_op._pairwise_bce_cuda(args[0], lv[0], args[2], lv[1], None, s, t, metric, False)
+    assert (loss.dtype, grad.dtype) == (torch.float32, torch.float32)
+    want, want_grad = run_pairwise_bce(metric, args, None, 0.3, 1.0, False, precision)
+    assert torch.equal(grad, want_grad)
+    assert torch.equal(torch.stack([loss, g_scale, g_shift]), want.float())

@@ -185,6 +185,40 @@ def _as_scalar_tensor(value: Scalar, name: str, like: torch.Tensor) -> torch.Ten
     return as_scalar(value, name, dtype=dtype, device=like.device)
 
 
+def _pairwise_bce_cuda(
+    a_mean: torch.Tensor,
+    a_logvar: Optional[torch.Tensor],
+    b_mean: torch.Tensor,
+    b_logvar: Optional[torch.Tensor],
+    target: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    metric: str,
+    mean: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One core call: the BCE fused into the tensor-core forward where that engine applies, else
+    the distance kernel and the BCE pass over the same buffer (cuda/bce.cu)."""
+    grad = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=out_dtype(a_mean.dtype), device=a_mean.device)
+    sums = _sums(a_mean.device)
+    _core.pairwise_bce(
+        METRICS.index(metric),
+        matrix_view(a_mean),
+        matrix_view(a_logvar),
+        matrix_view(b_mean),
+        matrix_view(b_logvar),
+        matrix_view(grad),
+        matrix_view(target),
+        float(scale),
+        float(shift),
+        mean,
+        get_num_threads(),
+        stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
+        matrix_view(sums),
+    )
+    return _from_sums(sums, grad, grad.dtype, scale, shift)
+
+
 @torch.library.custom_op("pcmekit::pairwise_bce_with_logits", mutates_args=())
 def _pairwise_bce_op(
     a_mean: torch.Tensor,
@@ -199,27 +233,7 @@ def _pairwise_bce_op(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, dloss/ddistance, dloss/dscale, dloss/dshift) of the BCE on pairwise_distance(a, b)."""
     if a_mean.device.type != "cpu":
-        # One core call: the BCE fused into the tensor-core forward where that engine applies,
-        # else the distance kernel and the BCE pass over the same buffer (cuda/bce.cu).
-        grad = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=out_dtype(a_mean.dtype), device=a_mean.device)
-        sums = _sums(a_mean.device)
-        _core.pairwise_bce(
-            METRICS.index(metric),
-            matrix_view(a_mean),
-            matrix_view(a_logvar),
-            matrix_view(b_mean),
-            matrix_view(b_logvar),
-            matrix_view(grad),
-            matrix_view(target),
-            float(scale),
-            float(shift),
-            mean,
-            get_num_threads(),
-            stream_handle(a_mean.device),
-            _core.matmul_precision_code(),
-            matrix_view(sums),
-        )
-        return _from_sums(sums, grad, grad.dtype, scale, shift)
+        return _pairwise_bce_cuda(a_mean, a_logvar, b_mean, b_logvar, target, scale, shift, metric, mean)
     buffer = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=a_mean.dtype)
     pairwise_into(buffer, a_mean, a_logvar, b_mean, b_logvar, metric)
     # The distances are read once, by this pass, which overwrites them with their gradient.
