@@ -113,7 +113,7 @@ cuda-build: env
 #                    resource check of every kernel
 EMU_DIR ?= build/cuda-emu
 EMU_ASAN_DIR ?= build/cuda-emu-asan
-EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuda_emu_tc.py tests/test_cuemu_selftest.py
+EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuda_emu_tc.py tests/test_cuda_emu_bce.py tests/test_cuemu_selftest.py
 EMU_ASAN_TESTS ?= $(EMU_TESTS)
 NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 

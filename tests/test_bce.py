@@ -247,18 +247,22 @@ def test_bad_input_names_the_argument(call, error, match):
         call(torch.rand(3, 4))
 
 
-def test_torch_formulas_used_on_cuda_agree_with_the_kernel():
-    """CUDA tensors go through _bce_torch; on the CPU it must give what the C++ pass gives."""
-    from pcmekit.losses.bce import _bce_op, _bce_torch
+def test_op_outputs_and_the_empty_mean():
+    """The op's four outputs (loss and the gradients it formed for an upstream 1) equal torch's
+    composite in float64; a mean over no pairs is NaN, as torch's. (CUDA tensors run the same
+    formulas in cuda/bce.cu: tests/test_cuda_emu_bce.py.)"""
+    from pcmekit.losses.bce import _bce_op
 
     distance = _distances(37, 29)
     s = torch.tensor(4.0, dtype=torch.float64)
     t = torch.tensor(6.0, dtype=torch.float64)
     for target, mean in ((None, True), (_soft_target(37, 29), False)):
-        for a, b in zip(_bce_torch(distance, target, s, t, mean), _bce_op(distance, target, s, t, mean)):
+        loss, grad, g_scale, g_shift = _bce_op(distance, target, s, t, mean)
+        truth = _torch_loss_and_grads(distance, target, 4.0, 6.0, "mean" if mean else "sum")
+        for a, b in zip((loss, grad, g_scale, g_shift), truth):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     empty = torch.zeros(0, 3, dtype=torch.float64)
-    assert torch.isnan(_bce_torch(empty, None, s, t, True)[0])
+    assert torch.isnan(_bce_op(empty, None, s, t, True)[0])
 
 
 def test_kernel_may_overwrite_the_distance_with_its_gradient():

@@ -14,6 +14,7 @@
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "cpu/peak.h"
+#include "pcmekit/bce.h"
 #include "pcmekit/pairwise.h"
 #include "pcmekit/topk.h"
 #ifdef PCMEKIT_WITH_CUDA
@@ -97,6 +98,7 @@ py::dict build_config() {
   info["hardware_threads"] = std::thread::hardware_concurrency();
   // The core's limits, published so that the Python layer and its docs never restate them.
   info["cuda_max_topk"] = kCudaMaxTopk;
+  info["cuda_bce_sums_rows"] = kBceSumsRows;
   return info;
 }
 

@@ -41,13 +41,22 @@ void check_precision(MatmulPrecision p) {
 
 }  // namespace
 
-void pairwise_forward(const PairwiseForwardParams& p) {
+namespace detail {
+
+void check_pairwise_forward(const PairwiseForwardParams& p) {
   check_metric(p.metric);
   check_precision(p.precision);
   check_inputs(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric);
   const MatrixView& a = p.a_mean;
   check_matrix(p.out, "out", a.rows, p.b_mean.rows, "[N, M]", detail::accumulate_dtype(a.dtype),
                a.device, a.device_index);
+}
+
+}  // namespace detail
+
+void pairwise_forward(const PairwiseForwardParams& p) {
+  detail::check_pairwise_forward(p);
+  const MatrixView& a = p.a_mean;
   if (a.device == Device::CUDA) {
 #ifdef PCMEKIT_WITH_CUDA
     cuda::pairwise_forward(p);

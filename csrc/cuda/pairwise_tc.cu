@@ -44,8 +44,10 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cuda/bce_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/pairwise_tc.h"
+#include "pcmekit/bce.h"
 
 namespace pcmekit::cuda {
 namespace {
@@ -154,15 +156,25 @@ struct Input {
   bool vec;        // row-contiguous, 16-byte aligned base and row stride: 16-byte loads allowed
 };
 
+// The fused BCE of pairwise_bce (bce_math.h): the epilogue writes dloss/ddistance to `out`
+// instead of the distance, and each block its (loss, q, qd) sums to partials[3 blockIdx.x ..].
+struct BceFuse {
+  const float* target;  // null: the identity
+  int64_t t_row_stride, t_col_stride;
+  BceScalars<float> c;
+  double* partials;
+};
+
 template <typename S>
 struct TcArgs {
   Input<S> a_mu, a_lv, b_mu, b_lv;
   float* out;
   int64_t out_row_stride, out_col_stride;
   int64_t n, m, dim;
+  BceFuse bce;  // kBce kernels only
 };
 
-template <typename Op>
+template <typename Op, bool kBce>
 struct alignas(128) TcSmem {
   using T = typename Op::smem;
   static constexpr int ld = kFeatures + 16 / static_cast<int>(sizeof(T));  // rows stay 16-byte aligned
@@ -171,6 +183,9 @@ struct alignas(128) TcSmem {
   float scratch[kWarps][16][kScratchLd];
   float row[kTile];
   float col[kTile];
+  // kBce: each thread's running BCE sums over its tiles, here rather than in registers (the
+  // main loop already holds the prefetch registers), then the block's tree over them.
+  double bce[kBce ? 3 : 1][kBce ? kThreads : 1];
 };
 
 // Loads kN consecutive dimensions [d0, d0 + kN) of a row as floats; dimensions past `dim`
@@ -200,7 +215,7 @@ __device__ __forceinline__ void load_run(const Input<S>& in, int64_t row, int64_
 // ---------------------------------------------------------------------------------------------
 // The kernel.
 
-template <Metric kMetric, typename S, typename Op>
+template <Metric kMetric, typename S, typename Op, bool kBce>
 __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcArgs<S> args) {
 #ifndef PCMEKIT_TC_ARCH
   (void)Form<kMetric>::alpha;
@@ -213,12 +228,12 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   constexpr int kW = F::width;
   constexpr int kDims = kFeatures / kW;  // dimensions per chunk
   constexpr int kRun = kDims / 2;        // dimensions per staging thread
-  constexpr int kLd = TcSmem<Op>::ld;
+  constexpr int kLd = TcSmem<Op, kBce>::ld;
   using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::k, typename Op::tag, wmma::row_major>;
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::k, typename Op::tag, wmma::col_major>;
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, Op::k, float>;
 
-  __shared__ TcSmem<Op> s;
+  __shared__ TcSmem<Op, kBce> s;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
@@ -228,6 +243,10 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   const int64_t tiles_m = (args.m + kTile - 1) / kTile;
   const int64_t tiles = (args.n + kTile - 1) / kTile * tiles_m;
   const int64_t chunks = (args.dim + kDims - 1) / kDims;
+  if constexpr (kBce) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) s.bce[k][tid] = 0.0;
+  }
 
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t i0 = tile / tiles_m * kTile;
@@ -319,8 +338,10 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
     __syncthreads();
 
     // Epilogue: each accumulator fragment through the warp's scratch tile (the fragment layout
-    // is opaque), then row + col + alpha acc, clamped at 0 (NaN passes), to global memory.
+    // is opaque), then row + col + alpha acc, clamped at 0 (NaN passes), to global memory; with
+    // kBce the distance goes through the BCE instead and its gradient is written.
     float(&scratch)[16][kScratchLd] = s.scratch[warp];
+    BceSums sums{0.0, 0.0, 0.0};
 #pragma unroll
     for (int fi = 0; fi < 2; ++fi)
 #pragma unroll
@@ -334,12 +355,29 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
           const int64_t i = i0 + r, j = j0 + cc;
           if (i < args.n && j < args.m) {
             const float v = s.row[r] + s.col[cc] + F::alpha * scratch[e / 16][e % 16];
-            args.out[i * args.out_row_stride + j * args.out_col_stride] = v < 0.0f ? 0.0f : v;
+            const float dist = v < 0.0f ? 0.0f : v;
+            if constexpr (kBce) {
+              const BceFuse& b = args.bce;
+              const float y = b.target != nullptr ? b.target[i * b.t_row_stride + j * b.t_col_stride]
+                                                  : (i == j ? 1.0f : 0.0f);
+              args.out[i * args.out_row_stride + j * args.out_col_stride] =
+                  bce_element<float>(dist, y, b.c.neg_scale, b.c.shift, b.c.grad_scale, sums);
+            } else {
+              args.out[i * args.out_row_stride + j * args.out_col_stride] = dist;
+            }
           }
         }
         __syncwarp();  // before the next fragment overwrites the scratch tile
       }
+    if constexpr (kBce) {  // the thread's own slot: no barrier needed until the final tree
+      s.bce[0][tid] += sums.loss;
+      s.bce[1][tid] += sums.q;
+      s.bce[2][tid] += sums.qd;
+    } else {
+      (void)sums;
+    }
   }
+  if constexpr (kBce) block_reduce_sums<kThreads>(s.bce, args.bce.partials + 3 * int64_t(blockIdx.x));
 #endif
 }
 
@@ -650,9 +688,11 @@ Input<S> input(const MatrixView& v, bool present) {
   return in;
 }
 
+// bce == nullptr: the plain forward; else the fused BCE of pairwise_bce (p = bce->forward).
 template <Metric kMetric, typename S, typename Op>
-void launch(const PairwiseForwardParams& p, cudaStream_t stream) {
+void launch(const PairwiseForwardParams& p, const PairwiseBceParams* bce, cudaStream_t stream) {
   TcArgs<S> args;
+  args.bce = BceFuse{};
   const bool lv = Form<kMetric>::needs_logvar;
   args.a_mu = input<S>(p.a_mean, true);
   args.a_lv = input<S>(p.a_logvar, lv);
@@ -665,31 +705,48 @@ void launch(const PairwiseForwardParams& p, cudaStream_t stream) {
   args.m = p.b_mean.rows;
   args.dim = p.a_mean.cols;
   const int64_t tiles = (args.n + kTile - 1) / kTile * ((args.m + kTile - 1) / kTile);
-  if (tiles == 0) return;
-  const unsigned grid = static_cast<unsigned>(std::min(tiles, kMaxBlocks));
-  pairwise_forward_tc_kernel<kMetric, S, Op><<<grid, kThreads, 0, stream>>>(args);
-  PCMEKIT_CUDA_LAUNCH_CHECK(stream);
+  if (bce == nullptr) {
+    if (tiles == 0) return;
+    const unsigned grid = static_cast<unsigned>(std::min(tiles, kMaxBlocks));
+    pairwise_forward_tc_kernel<kMetric, S, Op, false><<<grid, kThreads, 0, stream>>>(args);
+    PCMEKIT_CUDA_LAUNCH_CHECK(stream);
+    return;
+  }
+  // The fused BCE: a grid fixed by the shapes alone (at most kBceMaxPartials blocks, one partial
+  // row each), so the sums are added in the same order on every run.
+  double* sums = static_cast<double*>(bce->sums.data);
+  const int64_t blocks = std::min(tiles, kBceMaxPartials);
+  if (blocks > 0) {
+    args.bce.target = bce->target.present() ? static_cast<const float*>(bce->target.data) : nullptr;
+    args.bce.t_row_stride = bce->target.row_stride;
+    args.bce.t_col_stride = bce->target.col_stride;
+    args.bce.c = bce_scalars<float>(bce->scale, bce->shift, bce->mean, args.n, args.m);
+    args.bce.partials = sums + 3;
+    pairwise_forward_tc_kernel<kMetric, S, Op, true><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
+    PCMEKIT_CUDA_LAUNCH_CHECK(stream);
+  }
+  launch_bce_finalize(sums, blocks, bce->mean, args.n, args.m, stream);
 }
 
 template <Metric kMetric, typename S>
-void launch_metric(const PairwiseForwardParams& p, cudaStream_t stream) {
+void launch_metric(const PairwiseForwardParams& p, const PairwiseBceParams* bce, cudaStream_t stream) {
   constexpr bool kInputFeatures = Form<kMetric>::width == 1;  // csd, l2: the features are the means
   if constexpr (std::is_same_v<S, __half> && kInputFeatures) {
-    launch<kMetric, S, HalfOp>(p, stream);
+    launch<kMetric, S, HalfOp>(p, bce, stream);
   } else if constexpr (std::is_same_v<S, __nv_bfloat16> && kInputFeatures) {
-    launch<kMetric, S, Bf16Op>(p, stream);
+    launch<kMetric, S, Bf16Op>(p, bce, stream);
   } else {
-    launch<kMetric, S, Tf32Op>(p, stream);
+    launch<kMetric, S, Tf32Op>(p, bce, stream);
   }
 }
 
 template <typename S>
-void launch_storage(const PairwiseForwardParams& p, cudaStream_t stream) {
+void launch_storage(const PairwiseForwardParams& p, const PairwiseBceParams* bce, cudaStream_t stream) {
   switch (p.metric) {
-    case Metric::CSD: return launch_metric<Metric::CSD, S>(p, stream);
-    case Metric::L2: return launch_metric<Metric::L2, S>(p, stream);
-    case Metric::W2: return launch_metric<Metric::W2, S>(p, stream);
-    case Metric::KL: return launch_metric<Metric::KL, S>(p, stream);
+    case Metric::CSD: return launch_metric<Metric::CSD, S>(p, bce, stream);
+    case Metric::L2: return launch_metric<Metric::L2, S>(p, bce, stream);
+    case Metric::W2: return launch_metric<Metric::W2, S>(p, bce, stream);
+    case Metric::KL: return launch_metric<Metric::KL, S>(p, bce, stream);
     default: return;
   }
 }
@@ -806,7 +863,14 @@ bool run_on_tensor_cores(const Params& p, Launch launch) {
 
 bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p) {
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  return run_on_tensor_cores(p, [&](auto tag) { launch_storage<typename decltype(tag)::type>(p, stream); });
+  return run_on_tensor_cores(
+      p, [&](auto tag) { launch_storage<typename decltype(tag)::type>(p, nullptr, stream); });
+}
+
+bool pairwise_bce_tensor_cores(const PairwiseBceParams& p) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.forward.stream);
+  return run_on_tensor_cores(
+      p.forward, [&](auto tag) { launch_storage<typename decltype(tag)::type>(p.forward, &p, stream); });
 }
 
 bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p) {

@@ -2,6 +2,7 @@
 // inner-product form. See pairwise_tc.cu and docs/design.md, "CUDA tensor cores and the matmul precision".
 #pragma once
 
+#include "pcmekit/bce.h"
 #include "pcmekit/pairwise.h"
 
 namespace pcmekit::cuda {
@@ -14,5 +15,10 @@ bool pairwise_forward_tensor_cores(const PairwiseForwardParams& p);
 // The same for the backward pass (G @ F_b and G^T @ F_a on tensor cores, the chain rule in the
 // epilogue), under the same rule as the forward.
 bool pairwise_backward_tensor_cores(const PairwiseBackwardParams& p);
+
+// pairwise_bce (bce.h) on this engine with the BCE fused into the forward epilogue: the
+// gradient w.r.t. the distance goes to p.forward.out, the sums to p.sums; under the same rule as
+// the forward (true when it ran, false having done nothing).
+bool pairwise_bce_tensor_cores(const PairwiseBceParams& p);
 
 }  // namespace pcmekit::cuda

@@ -29,6 +29,7 @@ class BuildConfig(TypedDict):
     cpu_threading: str  # "openmp (<library>)" (torch's runtime) or "pcmekit pool"
     hardware_threads: int
     cuda_max_topk: int  # largest k the CUDA top-k kernel takes (kCudaMaxTopk, pcmekit/topk.h)
+    cuda_bce_sums_rows: int  # rows of the CUDA BCE ops' [rows, 3] float64 sums (pcmekit/bce.h)
 
 def pairwise_forward(
     metric: int,  # index into pcmekit.ops._args.METRICS
@@ -57,14 +58,32 @@ def pairwise_backward(
     precision: int = 0,  # float32 matmul precision on CUDA: 0 highest, 1 high (TF32), 2 medium
 ) -> None: ...
 def distance_bce(
-    distance: ViewTuple,  # [N, M] float32/float64, CPU
+    distance: ViewTuple,  # [N, M] float32/float64 (CUDA: also float16/bfloat16)
     target: Optional[ViewTuple],  # [N, M]; None: the identity
     grad: ViewTuple,  # [N, M], written: dloss/ddistance (may be the distance itself)
     scale: float,
     shift: float,
     mean: bool,  # False: sum
     num_threads: int,
-) -> Tuple[float, float, float]: ...  # loss, dloss/dscale, dloss/dshift
+    stream: int = 0,
+    sums: Optional[ViewTuple] = None,  # CUDA: [cuda_bce_sums_rows, 3] float64, row 0 written
+) -> Tuple[float, float, float]: ...  # loss, dloss/dscale, dloss/dshift (zeros on CUDA)
+def pairwise_bce(
+    metric: int,  # index into pcmekit.ops._args.METRICS
+    a_mean: ViewTuple,  # [N, D]
+    a_logvar: Optional[ViewTuple],  # [N, D]; None for l2
+    b_mean: ViewTuple,  # [M, D]
+    b_logvar: Optional[ViewTuple],  # [M, D]; None for l2
+    out: ViewTuple,  # [N, M] (float32 for 16-bit inputs), written: dloss/ddistance
+    target: Optional[ViewTuple],  # [N, M] in out's dtype; None: the identity
+    scale: float,
+    shift: float,
+    mean: bool,
+    num_threads: int,
+    stream: int = 0,
+    precision: int = 0,  # float32 matmul precision on CUDA, as pairwise_forward
+    sums: Optional[ViewTuple] = None,  # CUDA: as distance_bce
+) -> Tuple[float, float, float]: ...
 def match_prob_forward(
     a_mean: ViewTuple,  # [N, D]
     a_logvar: ViewTuple,  # [N, D]

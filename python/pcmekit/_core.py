@@ -31,7 +31,8 @@ def build_info() -> dict[str, Any]:
     ``cuda_devices``, ``cpu_simd`` (the micro-kernel the running CPU gets: ``avx512``, ``avx2``
     or ``generic``), ``cpu_threading`` (``openmp (<library>)`` when the CPU kernels run on the
     OpenMP runtime torch loaded, ``pcmekit pool`` otherwise), ``num_threads`` (CPU threads the
-    kernels use) and the core's limits: ``cuda_max_topk`` (the largest k the CUDA top-k takes).
+    kernels use) and the core's limits: ``cuda_max_topk`` (the largest k the CUDA top-k takes)
+    and ``cuda_bce_sums_rows`` (rows of the float64 ``[rows, 3]`` sums the CUDA BCE ops write).
     """
     info: Dict[str, Any] = dict(_build_config())
     info["cuda_devices"] = _C.cuda_device_count()
@@ -121,6 +122,7 @@ topk = _C.topk
 topk_prepared_layout = _C.topk_prepared_layout
 topk_prepare_gallery = _C.topk_prepare_gallery
 distance_bce = _C.distance_bce
+pairwise_bce = _C.pairwise_bce
 adamp_kernel = _C.adamp_step
 fma_peak = _C.fma_peak
 supported_isas = _C.supported_isas

@@ -70,6 +70,11 @@ inline BackwardSide backward_side(const PairwiseBackwardParams& p, bool own_is_b
 void pairwise_forward(const PairwiseForwardParams& p);
 void pairwise_backward(const PairwiseBackwardParams& p);
 
+namespace detail {
+// pairwise_forward's validation alone (the fused pairwise BCE runs it before its own kernels).
+void check_pairwise_forward(const PairwiseForwardParams& p);
+}  // namespace detail
+
 namespace cpu {
 void pairwise_forward(const PairwiseForwardParams& p);
 void pairwise_backward(const PairwiseBackwardParams& p);

@@ -29,7 +29,7 @@ from .. import _distributed
 from .._core import dtype_code
 from .._distributed import collective_device, exchange_status, gather_rows
 from ..embedding import ProbEmbedding
-from ..ops._args import check_float_matrix, gaussians_of, out_dtype
+from ..ops._args import autocast_float32, check_float_matrix, gaussians_of, out_dtype
 
 __all__ = ["Batch", "LocalBatch", "prepare_batch", "prepare_local_batch", "process_group_info", "compute_dtype"]
 
@@ -67,6 +67,8 @@ def _validate_local(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     img_mean, img_logvar = gaussians_of(img, "img", means=not need_logvar)
     txt_mean, txt_logvar = gaussians_of(txt, "txt", means=not need_logvar)
+    # Under torch.autocast the losses, like the ops they call, compute in float32.
+    img_mean, img_logvar, txt_mean, txt_logvar = autocast_float32(img_mean, img_logvar, txt_mean, txt_logvar)
     check_float_matrix(img_mean, "img.mean", "[B_img, D]")
     check_float_matrix(txt_mean, "txt.mean", "[B_txt, D]")
     if txt_mean.shape[1] != img_mean.shape[1]:

@@ -1,5 +1,5 @@
 """The BCE losses' import path; the op lives in :mod:`pcmekit.ops.bce`."""
 
-from ..ops.bce import _bce_op, _bce_torch, distance_bce_with_logits, pairwise_bce_loss
+from ..ops.bce import _bce_op, distance_bce_with_logits, pairwise_bce_loss
 
-__all__ = ["distance_bce_with_logits", "pairwise_bce_loss", "_bce_op", "_bce_torch"]
+__all__ = ["distance_bce_with_logits", "pairwise_bce_loss", "_bce_op"]

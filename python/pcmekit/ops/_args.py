@@ -25,6 +25,36 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 HALF = (torch.float16, torch.bfloat16)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.autocast (docs/design.md, "Autocast"): pcmekit's ops compute in float32 under autocast,
+# as torch's own cdist and binary_cross_entropy_with_logits do (autocast's float32 list).
+
+#: Device types pcmekit registers its autocast rule for.
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_float32(*tensors: Any) -> Tuple[Any, ...]:
+    """The arguments, with every float16 / bfloat16 tensor cast to float32 when autocast is
+    enabled for its device type (float32, float64, None and non-tensors pass unchanged). The
+    public functions call it first, so that their argument checks and their eager fast paths,
+    which skip the dispatcher, see what the op will compute on."""
+    return tuple(
+        t.to(torch.float32)
+        if isinstance(t, torch.Tensor) and t.dtype in HALF and torch.is_autocast_enabled(t.device.type)
+        else t
+        for t in tensors
+    )
+
+
+def register_autocast_float32(op: Any) -> None:
+    """The same rule for calls of the custom op itself (``torch.ops.pcmekit.*``, compiled
+    graphs): torch.library's autocast registration, which casts the op's floating inputs other
+    than float64 to float32 and runs it with autocast off."""
+    for device_type in AUTOCAST_DEVICES:
+        if torch.amp.is_autocast_available(device_type):
+            torch.library.register_autocast(op, device_type, torch.float32)
+
+
 def out_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of every op's floating output for inputs of ``dtype``: 16-bit inputs accumulate, and
     return, in float32 (a sum of D squared terms overflows float16 easily)."""

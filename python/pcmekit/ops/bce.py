@@ -1,6 +1,5 @@
 """The BCE op: BCE-with-logits over a distance matrix, the matching term of PCME++, as one
-fused op (csrc: include/pcmekit/bce.h, core/bce.cpp, cpu/bce.cpp; CUDA tensors take torch
-operations).
+fused op (csrc: include/pcmekit/bce.h, core/bce.cpp, cpu/bce.cpp, cuda/bce.cu).
 
 ``distance_bce_with_logits(distance, target, scale=a, shift=b)`` equals
 ``torch.nn.functional.binary_cross_entropy_with_logits(-a * distance + b, target)``, but the
@@ -8,13 +7,18 @@ forward pass is one vectorised C++ pass over the matrix that also forms every gr
 respect to the distances, the scale and the shift), so the backward pass is a single scaling. On
 the CPU it replaces the ~10 element-wise passes and temporaries torch's composite spends on the
 logits, the loss and its backward (measured 1.1 ms against 6-7 ms at 1024 x 1024, 2 threads). CUDA
-tensors take the same formulas in torch operations.
+tensors take the same formulas in one kernel (cuda/bce.cu) whose sums are added in a fixed
+order (the same bits every run); the three scalars stay on the device.
 
 ``pairwise_bce_loss(a, b, target)`` is the same loss on ``pairwise_distance(a, b)`` in one op:
 the distance kernel writes the matrix into a buffer that the BCE pass then overwrites with the
 gradient, and the backward pass is the distance kernel's own, fed with that gradient. No [N, M]
 tensor is allocated beyond that one buffer and nothing else is passed over it; this is the
-PCME++-style training step of ``pcmekit bench pairwise``.
+PCME++-style training step of ``pcmekit bench pairwise``. On CUDA, where the tensor-core
+engine computes the distances (csd/w2/l2/kl under matmul precision "high"/"medium", or 16-bit
+csd/l2), the BCE runs in its epilogue and the distances never reach memory.
+
+Under ``torch.autocast`` both ops compute in float32 (docs/design.md, "Autocast").
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ from typing import Any, List, Optional, Tuple, Union
 import torch
 
 from .. import _core
-from .._core import get_num_threads, matrix_view
+from .._core import get_num_threads, matrix_view, stream_handle
 from ..embedding import ProbEmbedding
-from ._args import HALF, as_scalar, check_metric, embedding_needs, gaussians_of, out_dtype, prepare_pair
-from .pairwise import pairwise_backward_op, pairwise_into, pairwise_op
+from ._args import (
+    METRICS,
+    as_scalar,
+    autocast_float32,
+    check_metric,
+    embedding_needs,
+    gaussians_of,
+    out_dtype,
+    prepare_pair,
+    register_autocast_float32,
+)
+from .pairwise import pairwise_backward_op, pairwise_into
 
 __all__ = ["distance_bce_with_logits", "pairwise_bce_loss"]
 
@@ -36,26 +50,47 @@ Scalar = Union[float, torch.Tensor]
 _REDUCTIONS = ("mean", "sum")
 
 
-def _bce_torch(
-    distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
+def _sums(device: torch.device) -> torch.Tensor:
+    """The CUDA ops' [rows, 3] float64 sums (pcmekit/bce.h): row 0 receives the results."""
+    rows = _core.build_info()["cuda_bce_sums_rows"]
+    return torch.empty((rows, 3), dtype=torch.float64, device=device)
+
+
+def _from_sums(
+    sums: torch.Tensor, grad: torch.Tensor, loss_dtype: torch.dtype, scale: torch.Tensor, shift: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The op's formulas in torch operations (CUDA), computed in float32 for 16-bit distances."""
-    work = distance.float() if distance.dtype in HALF else distance
-    s = scale.to(device=work.device, dtype=work.dtype)
-    t = shift.to(device=work.device, dtype=work.dtype)
-    x = (-s) * work + t
-    if target is None:
-        y = torch.eye(work.shape[0], work.shape[1], dtype=work.dtype, device=work.device)
-    else:
-        y = target.to(work.dtype)
-    weight = 1.0 / max(work.numel(), 1) if mean else 1.0
-    terms = x.clamp_min(0) - x * y + torch.log1p(torch.exp(-x.abs()))
-    q = torch.sigmoid(x) - y
-    loss = terms.sum() * weight if work.numel() or not mean else work.new_tensor(float("nan"))
-    grad = (q * (-s * weight)).to(distance.dtype)
-    grad_scale = -(q * work).sum() * weight
-    grad_shift = q.sum() * weight
-    return loss, grad, grad_scale.to(scale.dtype), grad_shift.to(shift.dtype)
+    """The ops' outputs from row 0 of the CUDA sums (no copy to the host)."""
+    return (
+        sums[0, 0].to(loss_dtype),
+        grad,
+        sums[0, 1].to(device=scale.device, dtype=scale.dtype),
+        sums[0, 2].to(device=shift.device, dtype=shift.dtype),
+    )
+
+
+def _bce_cuda(
+    distance: torch.Tensor,
+    target: Optional[torch.Tensor],
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    mean: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CUDA pass (cuda/bce.cu): float32 arithmetic for 16-bit distances, whose gradient is
+    stored in their dtype; the loss is float32 for them."""
+    sums = _sums(distance.device)
+    _core.distance_bce(
+        matrix_view(distance),
+        matrix_view(target),
+        matrix_view(grad),
+        float(scale),
+        float(shift),
+        mean,
+        get_num_threads(),
+        stream_handle(distance.device),
+        matrix_view(sums),
+    )
+    return _from_sums(sums, grad, out_dtype(distance.dtype), scale, shift)
 
 
 def _bce_cpu(
@@ -89,9 +124,10 @@ def _bce_op(
     distance: torch.Tensor, target: Optional[torch.Tensor], scale: torch.Tensor, shift: torch.Tensor, mean: bool
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, dloss/ddistance, dloss/dscale, dloss/dshift), all formed by the forward pass."""
+    grad = torch.empty(distance.shape, dtype=distance.dtype, device=distance.device)
     if distance.device.type != "cpu":
-        return _bce_torch(distance, target, scale, shift, mean)
-    return _bce_cpu(distance, target, torch.empty(distance.shape, dtype=distance.dtype), scale, shift, mean)
+        return _bce_cuda(distance, target, grad, scale, shift, mean)
+    return _bce_cpu(distance, target, grad, scale, shift, mean)
 
 
 @_bce_op.register_fake
@@ -123,6 +159,7 @@ def _backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
 
 
 _bce_op.register_autograd(_backward, setup_context=_setup_context)
+register_autocast_float32(_bce_op)
 
 
 def _check_target(
@@ -148,6 +185,40 @@ def _as_scalar_tensor(value: Scalar, name: str, like: torch.Tensor) -> torch.Ten
     return as_scalar(value, name, dtype=dtype, device=like.device)
 
 
+def _pairwise_bce_cuda(
+    a_mean: torch.Tensor,
+    a_logvar: Optional[torch.Tensor],
+    b_mean: torch.Tensor,
+    b_logvar: Optional[torch.Tensor],
+    target: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    metric: str,
+    mean: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One core call: the BCE fused into the tensor-core forward where that engine applies, else
+    the distance kernel and the BCE pass over the same buffer (cuda/bce.cu)."""
+    grad = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=out_dtype(a_mean.dtype), device=a_mean.device)
+    sums = _sums(a_mean.device)
+    _core.pairwise_bce(
+        METRICS.index(metric),
+        matrix_view(a_mean),
+        matrix_view(a_logvar),
+        matrix_view(b_mean),
+        matrix_view(b_logvar),
+        matrix_view(grad),
+        matrix_view(target),
+        float(scale),
+        float(shift),
+        mean,
+        get_num_threads(),
+        stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
+        matrix_view(sums),
+    )
+    return _from_sums(sums, grad, grad.dtype, scale, shift)
+
+
 @torch.library.custom_op("pcmekit::pairwise_bce_with_logits", mutates_args=())
 def _pairwise_bce_op(
     a_mean: torch.Tensor,
@@ -162,8 +233,7 @@ def _pairwise_bce_op(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, dloss/ddistance, dloss/dscale, dloss/dshift) of the BCE on pairwise_distance(a, b)."""
     if a_mean.device.type != "cpu":
-        distance = pairwise_op(a_mean, a_logvar, b_mean, b_logvar, metric)
-        return _bce_torch(distance, target, scale, shift, mean)
+        return _pairwise_bce_cuda(a_mean, a_logvar, b_mean, b_logvar, target, scale, shift, metric, mean)
     buffer = torch.empty((a_mean.shape[0], b_mean.shape[0]), dtype=a_mean.dtype)
     pairwise_into(buffer, a_mean, a_logvar, b_mean, b_logvar, metric)
     # The distances are read once, by this pass, which overwrites them with their gradient.
@@ -204,6 +274,7 @@ def _pairwise_backward(ctx: Any, grad_loss: torch.Tensor, *unused: Any):
 
 
 _pairwise_bce_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
+register_autocast_float32(_pairwise_bce_op)
 
 
 def distance_bce_with_logits(
@@ -222,7 +293,8 @@ def distance_bce_with_logits(
     ``shift`` it is PCME++'s matching loss for one direction (PCME++ counts it for i2t and t2i).
 
     Args:
-        distance: ``[N, M]`` floating tensor (float32 or float64 on the CPU), e.g. from
+        distance: ``[N, M]`` floating tensor (float32 or float64; on CUDA also float16 and
+            bfloat16, computed in float32), e.g. from
             :func:`pcmekit.pairwise_distance`. Any strides.
         target: ``[N, M]`` match matrix with values in [0, 1] (soft labels allowed); ``None`` means
             the identity (pair i matches caption i). Converted to the distance's dtype; it gets
@@ -237,7 +309,9 @@ def distance_bce_with_logits(
         ``distance``, ``scale`` and ``shift``.
 
     Accuracy: float32 sums are accumulated in double; exp and log1p are evaluated by polynomials
-    within a few float32 ulp (tests/test_bce.py compares with float64 torch).
+    within a few float32 ulp on the CPU, by the device's math library on CUDA (tests/test_bce.py
+    and tests/test_cuda_emu_bce.py compare with float64). Under ``torch.autocast`` 16-bit
+    distances are computed as float32 (docs/design.md, "Autocast").
 
     Raises:
         TypeError: ``distance`` not a floating tensor, or bad ``scale``/``shift`` types.
@@ -250,6 +324,7 @@ def distance_bce_with_logits(
         raise TypeError(f"distance must be floating point, got dtype {distance.dtype}")
     if distance.dim() != 2:
         raise ValueError(f"distance must be 2-D [N, M], got shape {tuple(distance.shape)}")
+    (distance,) = autocast_float32(distance)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     target = _check_target(target, tuple(distance.shape), distance.device, distance.dtype)
@@ -296,6 +371,7 @@ def pairwise_bce_loss(
     metric = check_metric(metric)
     a_mean, a_logvar = gaussians_of(a, "a", pairs=True)
     b_mean, b_logvar = gaussians_of(b, "b", pairs=True)
+    a_mean, a_logvar, b_mean, b_logvar = autocast_float32(a_mean, a_logvar, b_mean, b_logvar)
     am, alv, bm, blv, was_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, metric != "l2", metric)
     if was_numpy:
         raise TypeError("pairwise_bce_loss takes torch tensors (a loss needs autograd), got numpy arrays")

@@ -23,6 +23,7 @@ from ..embedding import ProbEmbedding
 from ._args import (
     HALF,
     as_scalar,
+    autocast_float32,
     check_bool,
     check_eps,
     check_generator,
@@ -30,6 +31,7 @@ from ._args import (
     draw_eps,
     empty_grads,
     prepare_pair,
+    register_autocast_float32,
     unpack_pair,
 )
 
@@ -184,6 +186,7 @@ def _backward(ctx: Any, grad_log_p: Optional[torch.Tensor], grad_log_q: Optional
 
 
 match_prob_op.register_autograd(_backward, setup_context=_setup_context)
+register_autocast_float32(match_prob_op)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +210,7 @@ def _prepare(
     for name, value in (("a_logvar", a_logvar), ("b_logvar", b_logvar)):
         if value is None:
             raise ValueError(f"match_prob needs {name} (the log-variances), got None")
+    a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b = autocast_float32(a_mean, a_logvar, b_mean, b_logvar, eps_a, eps_b)
     am, al, bm, bl, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, True, "match_prob")
     assert al is not None and bl is not None  # prepare_pair raised otherwise (needs_logvar=True)
     j = check_num_samples(num_samples)

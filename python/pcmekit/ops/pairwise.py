@@ -17,7 +17,18 @@ import torch
 from .. import _core
 from .._core import get_num_threads, matrix_view, stream_handle
 from ..embedding import ProbEmbedding
-from ._args import METRICS, check_metric, compiling, embedding_needs, empty_grads, out_dtype, prepare_pair, unpack_pair
+from ._args import (
+    METRICS,
+    autocast_float32,
+    check_metric,
+    compiling,
+    embedding_needs,
+    empty_grads,
+    out_dtype,
+    prepare_pair,
+    register_autocast_float32,
+    unpack_pair,
+)
 
 __all__ = ["pairwise_distance", "pairwise_op", "pairwise_backward_op", "pairwise_into"]
 
@@ -128,6 +139,7 @@ def _pairwise_backward(ctx: Any, grad_out: torch.Tensor):
 
 
 pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
+register_autocast_float32(pairwise_op)
 
 
 # Typed call forms (the implementation below takes them all): tensors or two ProbEmbeddings give
@@ -170,8 +182,8 @@ def pairwise_distance(
     docs/design.md, "The metrics", gives the formulas. Smaller is closer (for ``inclusion``: a is
     more included in b).
 
-    Returns ``[N, M]`` in the input dtype (float32 for float16/bfloat16 inputs on CUDA), on the
-    inputs' device; numpy inputs give a numpy result. Differentiable with respect to all four
+    Returns ``[N, M]`` in the input dtype (float32 for float16/bfloat16 inputs on CUDA, and for
+    16-bit inputs under ``torch.autocast``, which computes them in float32), on the inputs' device; numpy inputs give a numpy result. Differentiable with respect to all four
     inputs (the backward pass is a fused kernel too).
 
     Accuracy: csd, w2, l2 and kl are computed in inner-product form (a GEMM plus row and column
@@ -187,6 +199,7 @@ def pairwise_distance(
     if leftover is not None:
         metric = leftover
     metric = check_metric(metric)
+    a_mean, a_logvar, b_mean, b_logvar = autocast_float32(a_mean, a_logvar, b_mean, b_logvar)
     am, alv, bm, blv, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, metric != "l2", metric)
     if _eager_without_grad((am, alv, bm, blv)):
         # Nothing for autograd or a tracer to see: the kernel itself, without the dispatcher's
