@@ -11,12 +11,14 @@ PCMEKIT_CUDA ?= OFF
 PYTEST_ARGS ?=
 DEMO_OUT ?= results/demo
 WHEEL_DIR ?= dist
-# make sanitize: its own build folder, and the kernel tests it runs
+# make sanitize: its own build folder, and the tests it runs (the CPU kernels', then the emulated
+# CUDA back end's: EMU_TESTS below)
 SANITIZE_DIR ?= build/sanitize
-SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py tests/test_optim_fused.py
+SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py \
+  tests/test_optim_fused.py $(EMU_TESTS)
 CXX ?= g++
 
-.PHONY: all env wheel build test audit typecheck sanitize demo bench openclip-example cuda-build cuda-emu cuda-emu-build cuda-emu-asan cuda-resources clean
+.PHONY: all env wheel build test audit typecheck sanitize demo bench openclip-example cuda-build cuda-emu cuda-emu-build cuda-resources clean
 
 all: test
 
@@ -60,24 +62,25 @@ audit: wheel
 typecheck: env
 	$(PY) -m mypy
 
-# The CPU extension with AddressSanitizer + UndefinedBehaviorSanitizer (its own build folder),
-# installed into $(SANITIZE_DIR)/site and imported from there by the kernel tests. Python is not
-# instrumented, so libasan must be preloaded, and libstdc++ with it: ASan looks up the real
-# __cxa_throw when it starts, and without libstdc++ loaded by then the first C++ exception (every
-# ValueError the core raises) aborts. Python's own allocations leak by design, hence no leak
-# check. Any ASan or UBSan report aborts the run.
+# One AddressSanitizer + UndefinedBehaviorSanitizer build serves every sanitized test: the
+# emulated extension (PCMEKIT_CUDA_EMU=ON, see cuda-emu below) holds the CPU back end unchanged
+# plus the CUDA back end compiled against tests/cuemu, so the CPU kernel tests and the emulated
+# CUDA tests run against the same instrumented library (one build instead of two: the sanitized
+# compile is the longest step of CI). -g1 (line tables only) keeps file:line in the reports at a
+# fraction of -g's compile time. Installed into $(SANITIZE_DIR)/site and imported from there.
+# Python is not instrumented, so libasan must be preloaded, and libstdc++ with it: ASan looks up
+# the real __cxa_throw when it starts, and without libstdc++ loaded by then the first C++
+# exception (every ValueError the core raises) aborts. Python's own allocations leak by design,
+# hence no leak check. Any ASan or UBSan report aborts the run.
+SANITIZE_CMAKE_ARGS := -Ccmake.build-type=RelWithDebInfo -Ccmake.define.PCMEKIT_SANITIZE=ON \
+  "-Ccmake.define.CMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
 sanitize: env
-	PCMEKIT_CUDA=OFF $(PY) -m pip wheel --quiet --no-build-isolation --no-deps \
-	  -Cbuild-dir=$(SANITIZE_DIR)/build -Ccmake.build-type=RelWithDebInfo \
-	  -Ccmake.define.PCMEKIT_SANITIZE=ON -w $(SANITIZE_DIR)/wheel .
-	rm -rf $(SANITIZE_DIR)/site
-	$(PY) -m pip install --quiet --no-deps --target $(SANITIZE_DIR)/site $(SANITIZE_DIR)/wheel/pcmekit-*.whl
-	rm -f $(SANITIZE_DIR)/wheel/pcmekit-*.whl
+	$(call emu_build,$(SANITIZE_DIR),$(SANITIZE_CMAKE_ARGS))
 	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  PYTHONPATH=$(SANITIZE_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(SANITIZE_DIR)/site \
-	  $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+	  PYTHONPATH=$(SANITIZE_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(SANITIZE_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
+	  PCMEKIT_CUEMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
 demo: build
 	$(VENV)/bin/pcmekit demo --out $(DEMO_OUT)
@@ -109,12 +112,11 @@ cuda-build: env
 #   cuda-emu-build   csrc/cuda/*.cu compiled as C++ against the emulator, installed into
 #                    $(EMU_DIR)/site (its build_info() says cuda_emulated)
 #   cuda-emu         that build's CUDA tests against the CPU back end and the float64 reference,
-#                    the emulator's own self-test, the same under ASan+UBSan, and the ptxas
-#                    resource check of every kernel
+#                    the emulator's own self-test, and the ptxas resource check of every kernel
+#                    (the same tests under ASan+UBSan are part of make sanitize, which CI runs
+#                    instead of this target)
 EMU_DIR ?= build/cuda-emu
-EMU_ASAN_DIR ?= build/cuda-emu-asan
 EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuda_emu_tc.py tests/test_cuda_emu_bce.py tests/test_cuemu_selftest.py
-EMU_ASAN_TESTS ?= $(EMU_TESTS)
 NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 
 # emu_build DIR EXTRA-CMAKE-ARGS: the emulated extension, installed into DIR/site
@@ -129,21 +131,12 @@ endef
 cuda-emu-build: env
 	$(call emu_build,$(EMU_DIR),)
 
-cuda-emu-asan: env
-	$(call emu_build,$(EMU_ASAN_DIR),-Ccmake.build-type=RelWithDebInfo -Ccmake.define.PCMEKIT_SANITIZE=ON)
-	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  PYTHONPATH=$(EMU_ASAN_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(EMU_ASAN_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
-	  PCMEKIT_CUEMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider $(EMU_ASAN_TESTS)
-
 cuda-resources: env
 	$(PY) scripts/cuda_resources.py --nvcc $(NVCC)
 
 cuda-emu: cuda-emu-build
 	PYTHONPATH=$(EMU_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(EMU_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
 	  $(PY) -m pytest -q -p no:cacheprovider $(EMU_TESTS)
-	$(MAKE) cuda-emu-asan
 	@if [ -x "$(NVCC)" ] || command -v "$(NVCC)" >/dev/null 2>&1; then $(MAKE) cuda-resources; \
 	else echo "cuda-emu: no nvcc, so the ptxas resource check (make cuda-resources) is skipped"; fi
 
