@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: device list, metric list, random inputs."""
+"""Helpers shared by the tests: device list, metric list, random inputs, the CUDA emulation guard."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import pcmekit
 
 DEVICES = ["cpu"] + (["cuda"] if pcmekit.cuda_available() else [])
 METRICS = ["csd", "w2", "l2", "kl", "bhattacharyya", "elk", "inclusion"]
+METRIC_CODE = {m: i for i, m in enumerate(METRICS)}  # the core's metric codes
+INNER = METRICS[:4]  # the metrics with an inner-product form (the GEMM and tensor-core engines)
+# Unit roundoff of the 16-bit storage types.
+ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+# The core's matmul precision codes (torch.get_float32_matmul_precision()'s three modes).
+HIGHEST, HIGH, MEDIUM = 0, 1, 2
 
 
 def gaussians(n: int, d: int, *, dtype=torch.float64, device="cpu", seed=0, spread=1.0):
@@ -34,6 +41,18 @@ def run_under_capabilities(script: str, capabilities=("generic", "avx2")) -> lis
     return results
 
 
+def require_cuda_emulation() -> None:
+    """Call at the top of a CUDA emulator test module: skips the whole module unless pcmekit is
+    the CUDA emulation build (tests/cuemu, ``make cuda-emu``), and with PCMEKIT_REQUIRE_CUEMU=1
+    (set by ``make cuda-emu`` and ``make sanitize``) raises instead, so that a wrong build on the
+    path cannot pass by skipping everything."""
+    if pcmekit.build_info().get("cuda_emulated"):
+        return
+    if os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
+        raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
+    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
+
+
 def emulated_cuda_view(t):
     """The core's view of CPU tensor ``t``, labelled as CUDA memory: the device of the CUDA
     emulation build (tests/cuemu; None stays None)."""
@@ -44,6 +63,15 @@ def emulated_cuda_view(t):
     view = list(_core.matrix_view(t))
     view[6] = 1  # device code: CUDA
     return tuple(view)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref| in float64 (the absolute error when ref is all zero; 0 for
+    empty tensors)."""
+    if ref.numel() == 0:
+        return 0.0
+    scale = ref.abs().max().item()
+    return (got.double() - ref.double()).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def leave_process_group() -> None:

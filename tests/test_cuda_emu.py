@@ -19,7 +19,6 @@ end computes the same thing, with the CPU back end. Tolerance policy (docs/desig
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -28,16 +27,17 @@ import pcmekit
 from pcmekit import _C, _core
 from pcmekit.reference import match_logprob_naive, pairwise_distance_naive
 
-from _helpers import METRICS, emulated_cuda_view, gaussians
+from _helpers import (
+    METRICS,
+    METRIC_CODE,
+    ROUNDING,
+    emulated_cuda_view,
+    gaussians,
+    rel_err,
+    require_cuda_emulation,
+)
 
-EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
-if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
-    raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
-if not EMULATED:  # one skip for the module, not one per case
-    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
-
-METRIC_CODE = {m: i for i, m in enumerate(METRICS)}
-ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+require_cuda_emulation()
 
 
 cu = emulated_cuda_view
@@ -45,13 +45,6 @@ cu = emulated_cuda_view
 
 def cpu(t: torch.Tensor | None):
     return _core.matrix_view(t)
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    if ref.numel() == 0:
-        return 0.0
-    scale = ref.abs().max().item()
-    return (got.double() - ref).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def tol(dtype: torch.dtype, terms: int) -> float:

@@ -24,7 +24,6 @@ Tolerances (docs/design.md, "Tolerances", where each is justified):
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -34,18 +33,20 @@ import pcmekit
 from pcmekit import _C, _core
 from pcmekit.reference import pairwise_distance_naive
 
-from _helpers import emulated_cuda_view, gaussians
+from _helpers import (
+    HIGH,
+    HIGHEST,
+    INNER,
+    METRIC_CODE,
+    ROUNDING,
+    emulated_cuda_view,
+    gaussians,
+    rel_err,
+    require_cuda_emulation,
+)
 
-EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
-if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
-    raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
-if not EMULATED:  # one skip for the module, not one per case
-    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
+require_cuda_emulation()
 
-METRIC_CODE = {"csd": 0, "w2": 1, "l2": 2, "kl": 3, "bhattacharyya": 4, "elk": 5, "inclusion": 6}
-INNER = ["csd", "w2", "l2", "kl"]
-HIGHEST, HIGH, MEDIUM = 0, 1, 2
-ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 SUMS_ROWS = pcmekit.build_info()["cuda_bce_sums_rows"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -120,13 +121,6 @@ def check_scalars(got, ref, mags, bound, label):
     for k, name in enumerate(("loss", "grad_scale", "grad_shift")):
         err = abs(got[k].item() - ref[k].item())
         assert err <= bound * mags[k] + 1e-300, f"{label} {name}: {got[k].item()!r} vs {ref[k].item()!r} ({err:.3g})"
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    if ref.numel() == 0:
-        return 0.0
-    scale = ref.abs().max().item()
-    return (got.double() - ref.double()).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Every result is compared with the float64 reference on the (rounded) inputs.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -28,17 +27,21 @@ import pcmekit
 from pcmekit import _C
 from pcmekit.reference import pairwise_distance_naive
 
-from _helpers import emulated_cuda_view, gaussians
+from _helpers import (
+    HIGH,
+    HIGHEST,
+    INNER,
+    MEDIUM,
+    METRIC_CODE,
+    ROUNDING,
+    emulated_cuda_view,
+    gaussians,
+    rel_err,
+    require_cuda_emulation,
+)
 
-EMULATED = bool(pcmekit.build_info().get("cuda_emulated"))
-if not EMULATED and os.environ.get("PCMEKIT_REQUIRE_CUEMU") == "1":
-    raise RuntimeError(f"PCMEKIT_REQUIRE_CUEMU=1 but {pcmekit.__file__} is not the emulation build")
-if not EMULATED:  # one skip for the module, not one per case
-    pytest.skip("needs the CUDA emulation build (make cuda-emu)", allow_module_level=True)
+require_cuda_emulation()
 
-METRIC_CODE = {"csd": 0, "w2": 1, "l2": 2, "kl": 3, "bhattacharyya": 4, "elk": 5, "inclusion": 6}
-INNER = ["csd", "w2", "l2", "kl"]
-HIGHEST, HIGH, MEDIUM = 0, 1, 2
 TF32_UNIT = 2.0**-11  # TF32 rounding: 10 explicit mantissa bits, round to nearest
 
 
@@ -88,12 +91,6 @@ def check_tf32(got, ref, mag, d):
     bound = 2 * TF32_UNIT * 1.05 * mag + float_bound(ref, d) + 1e-30  # D = 0: all exact zeros
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"error {worst:.3g} x the TF32 bound"
-
-
-def rel_err(got, ref):
-    if ref.numel() == 0:
-        return 0.0
-    return (got.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-300)
 
 
 # Odd sizes crossing every tile boundary: 64-row tiles, 16-row fragments, 32-feature chunks
@@ -236,8 +233,6 @@ def test_default_precision_is_highest():
 # gradients, that format's rounding of the value. Under highest float32 runs on the direct
 # engine (the float32 bound); 16-bit csd / l2 split g into two TF32 parts (2xTF32) with exact
 # 16-bit features, so they meet the float32 bound in every mode.
-
-ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 def run_backward(metric, grad_out, a_mu, a_lv, b_mu, b_lv, precision, want=(True, True, True, True), outs=None):
