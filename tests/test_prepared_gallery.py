@@ -165,5 +165,12 @@ def test_bad_preparations_are_refused():
     views[2] = _core.matrix_view(unaligned)
     with pytest.raises(ValueError, match="g_packed must be contiguous and 64-byte aligned"):
         topk_prepared(qm, ql, type(prepared)(**{**prepared.__dict__, "views": tuple(views)}), 3)
+    # Terms in a strided column: the kernel reads them as one array.
+    views = list(prepared.views)
+    strided = torch.empty((70, 2))[:, :1]
+    strided.copy_(prepared.terms)
+    views[3] = _core.matrix_view(strided)
+    with pytest.raises(ValueError, match="g_terms must be contiguous .* got row stride 2"):
+        topk_prepared(qm, ql, type(prepared)(**{**prepared.__dict__, "views": tuple(views)}), 3)
     with pytest.raises(ValueError, match="k must be between 1 and the gallery size N = 70, got 71"):
         topk_prepared(qm, ql, prepared, 71)

@@ -31,6 +31,10 @@ void check_prepared(const TopkParams& p) {
                g.device, g.device_index);
   check_matrix(p.g_terms, "g_terms", g.rows, 1, "[N, 1]", g.dtype, g.device, g.device_index);
   check_packed_alignment(p.g_packed, "g_packed");
+  // The kernel reads the terms as one array, as topk_prepare_gallery writes them.
+  PCMEKIT_CHECK(g.rows <= 1 || p.g_terms.row_stride == 1,
+                "g_terms must be contiguous ([N, 1] with row stride 1, as topk_prepare_gallery "
+                "writes it), got row stride ", p.g_terms.row_stride);
   PCMEKIT_CHECK(p.g_layout_tag == layout.tag, "g_packed was packed with layout tag ",
                 p.g_layout_tag, ", but this process's kernels read layout ", layout.tag,
                 " (another SIMD path or version): prepare the gallery again");

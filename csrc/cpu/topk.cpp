@@ -338,18 +338,13 @@ void topk_inner_product(const TopkParams& p) {
   }
   const inner::SideForm<T> query = inner::side_form<T>(p.q_mean, p.q_logvar, p.metric, true, nt);
   inner::SideForm<T> gallery;  // unprepared: the gallery's terms and operand, computed here
-  std::vector<T> strided_terms;
-  const T* col_terms = nullptr;
+  const T* col_terms = nullptr;  // prepared: contiguous (the core checks)
   const int64_t n = p.g_mean.rows;
   if (!prepared) {
     gallery = inner::side_form<T>(p.g_mean, p.g_logvar, p.metric, false, nt);
     col_terms = gallery.scalar.data();
-  } else if (p.g_terms.row_stride == 1 || n <= 1) {
-    col_terms = static_cast<const T*>(p.g_terms.data);
   } else {
-    strided_terms.resize(static_cast<size_t>(n));
-    for (int64_t r = 0; r < n; ++r) strided_terms[static_cast<size_t>(r)] = load<T>(p.g_terms, r, 0);
-    col_terms = strided_terms.data();
+    col_terms = static_cast<const T*>(p.g_terms.data);
   }
   const std::vector<T>& row_terms = query.scalar;
   if (terms_see_nan && any_nan(row_terms)) reject_nan<T>({{"q_mean", &p.q_mean, 1}, {"q_logvar", &ql, 1}}, nt);
