@@ -9,7 +9,7 @@
 # 3. compute-sanitizer memcheck (every CUDA test of the kernel files) and racecheck (the
 #    float64-oracle tests), each only when compute-sanitizer works on this machine
 # 4. the benchmark suites: `pcmekit bench all --device cuda --quick`, then the full-size suites
-#    while the time budget lasts
+#    while the time budget lasts, under matmul precision highest and high (CUDA)
 # and writes logs, JUnit XML, benchmark CSV/JSON/PNG and summary.md (test counts per outcome and
 # the benchmark tables) to OUTDIR. --bundle leaves only summary.md and gpu_check.tar.gz (all the
 # rest) in OUTDIR, for tools that fetch few files. The steps after the build share a time budget
@@ -186,10 +186,15 @@ fi
 
 # Benchmarks: the quick suites first (they must run), then each suite at full size while the
 # budget lasts (one step per suite, so the ones that finish have their tables).
-budgeted bench-quick 150 "$py" -m pcmekit bench all --device "$device" --quick --repeats 5 --out "$out/bench-quick"
-for suite in pairwise match_prob loss optim; do
-  optional=1 budgeted "bench-$suite" 120 "$py" -m pcmekit bench "$suite" --device "$device" --repeats 10 \
-    --out "$out/bench"
+# On CUDA every suite runs under matmul precision highest (FP32) and high (TF32 allowed), pcmekit
+# and torch in the same mode, each row against the peak of its mode (bench/gpu_peak.py).
+modes=highest
+[ "$device" = cuda ] && modes=highest,high
+budgeted bench-quick 150 "$py" -m pcmekit bench all --device "$device" --precision "$modes" --quick --repeats 5 \
+  --out "$out/bench-quick"
+for suite in pairwise match_prob loss topk optim; do
+  optional=1 budgeted "bench-$suite" 120 "$py" -m pcmekit bench "$suite" --device "$device" --precision "$modes" \
+    --repeats 10 --out "$out/bench"
 done
 
 {
@@ -203,7 +208,7 @@ done
   echo
   printf -- '- %s\n' "${summary[@]}"
   echo "- total: $((SECONDS - t_start)) s, status $status"
-  for b in bench-quick bench-pairwise bench-match_prob bench-loss bench-optim; do
+  for b in bench-quick bench-pairwise bench-match_prob bench-loss bench-topk bench-optim; do
     [ -f "$out/$b.log" ] || continue
     echo
     echo "## $b"

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (median)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)")
+    bench.add_argument("--precision", default="highest", metavar="MODE[,MODE]",
+                       help="float32 matmul precision(s) to run every suite under, for pcmekit and torch "
+                            "alike: highest, high, medium, comma-separated (CUDA only; default: highest)")
     bench.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for CSV/JSON/PNG output")
     bench.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
                        help="sweep only: replace grid values, keys Q, N, D, op (e.g. --grid Q=1,16 N=2000 D=32,64)")
@@ -118,7 +121,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     # "all": every suite but the sweep, which takes tens of minutes and is run by name.
     names = [n for n in SUITES if n != "sweep"] if args.suites == ["all"] else args.suites
-    config: BenchConfig = BenchConfig(quick=args.quick, device=args.device, repeats=args.repeats, warmup=args.warmup)
+    precisions = tuple(m.strip() for m in args.precision.split(",") if m.strip())
+    config: BenchConfig = BenchConfig(quick=args.quick, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                                      precisions=precisions)
     try:
         if "sweep" in names:
             config = _sweep_config(args, config)

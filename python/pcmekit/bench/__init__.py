@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["BenchConfig", "SUITES", "FIELDS", "median_time", "run_suites", "format_table"]
+__all__ = ["BenchConfig", "SUITES", "FIELDS", "median_time", "run_suites", "format_table", "check_precisions"]
 
 SUITES: Dict[str, str] = {
     "pairwise": "pcmekit.bench.pairwise",
@@ -34,17 +34,22 @@ SUITES: Dict[str, str] = {
 FIELDS = ["suite", "case", "impl", "baseline", "median_ms", "gflops", "pct_peak", "speedup", "peak_mb",
           "queries_per_s", "notes",
           # the sweep's structured fields (empty for the other suites)
-          "op", "q", "n", "d", "repeats", "compile_s"]
+          "op", "q", "n", "d", "repeats", "compile_s",
+          # torch.get_float32_matmul_precision() the row ran under
+          "precision"]
 
 
 @dataclasses.dataclass
 class BenchConfig:
-    """What every suite gets: problem size switch, device, repeat counts."""
+    """What every suite gets: problem size switch, device, repeat counts, and the float32 matmul
+    precisions (``torch.set_float32_matmul_precision`` modes) to run every suite under, one after
+    the other, for pcmekit and torch alike (CUDA only: the CPU kernels ignore the mode)."""
 
     quick: bool = False
     device: str = "cpu"
     repeats: int = 10
     warmup: int = 2
+    precisions: Tuple[str, ...] = ("highest",)
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: str = "cpu") -> float:
@@ -106,8 +111,10 @@ def _add_percent_of_peak(rows: List[Dict[str, Any]], config: BenchConfig) -> Opt
     """Fills ``pct_peak`` of every CPU row with a rate: its GFLOP/s over the measured FMA limit of
     the kernels' SIMD path for the row's ``dtype`` ("fp32" unless it says "fp64") and ``threads``
     (torch's unless it says). Returns a line describing the limit used, for the table's header."""
-    if config.device != "cpu" or not any(r.get("gflops") for r in rows):
+    if not any(r.get("gflops") for r in rows):
         return None
+    if config.device != "cpu":
+        return _add_percent_of_gpu_peak(rows, config)
     from .peak import measure_peak
 
     threads = torch.get_num_threads()
@@ -122,6 +129,29 @@ def _add_percent_of_peak(rows: List[Dict[str, Any]], config: BenchConfig) -> Opt
         r["pct_peak"] = 100.0 * r["gflops"] / peak
     parts = [f"{gf:.0f} GFLOP/s {dt}, {t} thread{'s' if t > 1 else ''}" for (dt, t), gf in sorted(used.items())]
     return f"% peak: of the measured FMA limit of the {measure_peak()['isa']} path (" + "; ".join(parts) + ")"
+
+
+def _add_percent_of_gpu_peak(rows: List[Dict[str, Any]], config: BenchConfig) -> Optional[str]:
+    """The CUDA form of :func:`_add_percent_of_peak`: each row against the data-sheet peak of its
+    dtype under the matmul precision it ran under (bench/gpu_peak.py)."""
+    from .gpu_peak import gpu_peak_tflops
+
+    try:
+        name = torch.cuda.get_device_name(torch.device(config.device))
+    except (AssertionError, RuntimeError) as err:  # torch without CUDA, or no such device
+        return f"% peak: none, no CUDA device to name ({err})"
+    used: Dict[str, float] = {}
+    for r in rows:
+        if not r.get("gflops"):
+            continue
+        peak = gpu_peak_tflops(name, r.get("dtype") or "fp32", r.get("precision") or "highest")
+        if peak is None:
+            return f"% peak: none, {name} is not in pcmekit.bench.gpu_peak's table"
+        kind, tflops = peak
+        used[kind] = tflops
+        r["pct_peak"] = 100.0 * r["gflops"] / (tflops * 1e3)
+    parts = [f"{kind.upper()} {tflops:g} TFLOP/s" for kind, tflops in sorted(used.items())]
+    return f"% peak: of the {name}'s data-sheet peak for each row's dtype and matmul mode (" + "; ".join(parts) + ")"
 
 
 def _add_speedups(rows: List[Dict[str, Any]]) -> None:
@@ -205,10 +235,21 @@ def run_suites(
     for name in names:
         if name not in SUITES:
             raise ValueError(f"unknown benchmark suite {name!r}; expected one of {', '.join(SUITES)}")
-        echo(f"[pcmekit bench] running suite '{name}' (device={config.device}, quick={config.quick}, "
-             f"threads={torch.get_num_threads()})")
-        module = importlib.import_module(SUITES[name])
-        rows += module.run(config)
+    modes = check_precisions(config.precisions, config.device)
+    # With more than the default mode, the mode is part of the case, so that each row's speed-up
+    # is against the baseline of its own mode.
+    tag = modes != ("highest",)
+    for mode in modes:
+        with _matmul_precision(mode):
+            for name in names:
+                echo(f"[pcmekit bench] running suite '{name}' (device={config.device}, quick={config.quick}, "
+                     f"threads={torch.get_num_threads()}, matmul precision={mode})")
+                module = importlib.import_module(SUITES[name])
+                for r in module.run(config):
+                    r["precision"] = mode
+                    if tag:
+                        r["case"] = f"{r['case']} [{mode}]"
+                    rows.append(r)
     _add_speedups(rows)
     limit = _add_percent_of_peak(rows, config)
     if limit:
@@ -227,6 +268,40 @@ def run_suites(
         plotted = _plot(rows, out_dir / f"{stem}.png")
         echo(f"[pcmekit bench] wrote {out_dir / stem}.csv, .json" + (", .png" if plotted else ""))
     return rows
+
+
+def check_precisions(precisions: Sequence[str], device: str) -> Tuple[str, ...]:
+    """The matmul precision modes of a run, checked: known modes, no repeats, and only "highest"
+    on the CPU (where pcmekit's kernels ignore the mode and torch's would not)."""
+    from .gpu_peak import MODES
+
+    modes = tuple(precisions)
+    if not modes:
+        raise ValueError("precisions must name at least one matmul precision mode")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"matmul precision must be one of {', '.join(MODES)}; got {m!r}")
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"matmul precisions must not repeat; got {', '.join(modes)}")
+    if not device.startswith("cuda") and modes != ("highest",):
+        raise ValueError(f"matmul precisions other than highest apply to --device cuda; the CPU kernels "
+                         f"always compute in full float32 (got {', '.join(modes)} on {device})")
+    return modes
+
+
+class _matmul_precision:
+    """``torch.set_float32_matmul_precision(mode)`` for a block, restored after it."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.saved = ""
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.mode)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_float32_matmul_precision(self.saved)
 
 
 def _build_info() -> Dict[str, Any]:
