@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "pcmekit/precision.h"
 #include "pcmekit/view.h"
 
 namespace pcmekit::detail {
@@ -46,6 +47,13 @@ inline void check_matrix(const MatrixView& view, const char* name, int64_t rows,
                 device_name(device), ":", device_index, ", got ", device_name(view.device), ":",
                 view.device_index);
   PCMEKIT_CHECK(view.rows >= 0 && view.cols >= 0, name, " has a negative size ", view.shape_string());
+}
+
+// `p` must be one of the three matmul precision codes (pcmekit/precision.h).
+inline void check_matmul_precision(MatmulPrecision p) {
+  const int code = static_cast<int>(p);
+  PCMEKIT_CHECK(code >= 0 && code <= static_cast<int>(MatmulPrecision::Medium),
+                "unknown matmul precision code ", code, " (0 = highest, 1 = high, 2 = medium)");
 }
 
 inline bool is_half(DType dtype) { return dtype == DType::Float16 || dtype == DType::BFloat16; }

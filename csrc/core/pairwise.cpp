@@ -33,19 +33,13 @@ void check_metric(Metric metric) {
   PCMEKIT_CHECK(code >= 0 && code <= static_cast<int>(kLastMetric), "unknown metric code ", code);
 }
 
-void check_precision(MatmulPrecision p) {
-  const int precision = static_cast<int>(p);
-  PCMEKIT_CHECK(precision >= 0 && precision <= static_cast<int>(MatmulPrecision::Medium),
-                "unknown matmul precision code ", precision, " (0 = highest, 1 = high, 2 = medium)");
-}
-
 }  // namespace
 
 namespace detail {
 
 void check_pairwise_forward(const PairwiseForwardParams& p) {
   check_metric(p.metric);
-  check_precision(p.precision);
+  check_matmul_precision(p.precision);
   check_inputs(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric);
   const MatrixView& a = p.a_mean;
   check_matrix(p.out, "out", a.rows, p.b_mean.rows, "[N, M]", detail::accumulate_dtype(a.dtype),
@@ -70,7 +64,7 @@ void pairwise_forward(const PairwiseForwardParams& p) {
 
 void pairwise_backward(const PairwiseBackwardParams& p) {
   check_metric(p.metric);
-  check_precision(p.precision);
+  check_matmul_precision(p.precision);
   check_inputs(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric);
   const MatrixView& a = p.a_mean;
   const int64_t n = a.rows, m = p.b_mean.rows, d = a.cols;

@@ -47,18 +47,13 @@
 #include "cuda/bce_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/pairwise_tc.h"
+#include "cuda/tc_ops.h"
 #include "pcmekit/bce.h"
 
 namespace pcmekit::cuda {
 namespace {
 
 namespace wmma = nvcuda::wmma;
-
-// TF32 and bfloat16 wmma exist from sm_80 on (<mma.h> declares them only there): the device
-// passes for older architectures compile the kernels empty, and the host never launches them.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define PCMEKIT_TC_ARCH 1
-#endif
 
 constexpr int kTile = 64;        // output rows and columns per block
 constexpr int kWarps = 4;        // 2 x 2 warps, 32 x 32 outputs each
@@ -67,47 +62,6 @@ constexpr int kFeatures = 32;    // features per staged chunk
 constexpr int kScratchLd = 20;   // per-warp 16 x 16 epilogue tile, padded (80-byte rows)
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 static_assert(kThreads == 2 * kTile, "two staging threads per row");
-
-// ---------------------------------------------------------------------------------------------
-// Operand types: the wmma element type, its k, and how a float feature becomes one.
-
-struct Tf32Op {
-#ifdef PCMEKIT_TC_ARCH
-  using tag = wmma::precision::tf32;
-#endif
-  using smem = float;
-  static constexpr int k = 8;
-  __device__ __forceinline__ static float from(float x) {
-#ifdef PCMEKIT_TC_ARCH
-    return wmma::__float_to_tf32(x);
-#else
-    return x;
-#endif
-  }
-};
-struct HalfOp {
-  using tag = __half;
-  using smem = __half;
-  static constexpr int k = 16;
-  __device__ __forceinline__ static __half from(float x) { return __float2half_rn(x); }
-};
-struct Bf16Op {
-  using tag = __nv_bfloat16;
-  using smem = __nv_bfloat16;
-  static constexpr int k = 16;
-  __device__ __forceinline__ static __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
-};
-
-template <typename S>
-__device__ __forceinline__ float to_float(S x) {
-  if constexpr (std::is_same_v<S, float>) {
-    return x;
-  } else if constexpr (std::is_same_v<S, __half>) {
-    return __half2float(x);
-  } else {
-    return __bfloat162float(x);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The features and row terms of one dimension (mu, lv) of a row, per metric and side.
@@ -800,20 +754,6 @@ void launch_backward_storage(const PairwiseBackwardParams& p, cudaStream_t strea
   }
 }
 
-// Whether the current device has TF32 and bfloat16 wmma (sm_80 and later); asked once a device.
-bool device_has_tensor_cores(int device) {
-  static int major[64] = {};
-  if (device < 0 || device >= 64) return false;
-  if (major[device] == 0) {
-    int value = 0;
-    if (cudaDeviceGetAttribute(&value, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    major[device] = value;
-  }
-  return major[device] >= 8;
-}
 
 // The rule of docs/design.md's precision table, the same for forward and backward: float32 on
 // tensor cores only when TF32 is allowed; 16-bit csd / l2 always (exact features); 16-bit w2 / kl
@@ -837,6 +777,20 @@ bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, i
 }
 
 }  // namespace
+
+bool device_has_tensor_cores(int device) {
+  static int major[64] = {};
+  if (device < 0 || device >= 64) return false;
+  if (major[device] == 0) {
+    int value = 0;
+    if (cudaDeviceGetAttribute(&value, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    major[device] = value;
+  }
+  return major[device] >= 8;
+}
 
 namespace {
 

@@ -7,16 +7,10 @@
 #pragma once
 
 #include "pcmekit/metrics.h"
+#include "pcmekit/precision.h"
 #include "pcmekit/view.h"
 
 namespace pcmekit {
-
-// How float32 products may be computed on CUDA, torch.get_float32_matmul_precision()'s three
-// modes (docs/design.md, "CUDA tensor cores and the matmul precision"):
-//   Highest: full float32 accuracy (csd/w2/l2/kl on float32 stay on the direct FP32 engine);
-//   High, Medium: TF32 tensor cores allowed (10-bit mantissa operands, float accumulation).
-// 16-bit inputs use tensor cores in every mode where that is exact (csd, l2). The CPU ignores it.
-enum class MatmulPrecision : int { Highest = 0, High = 1, Medium = 2 };
 
 struct PairwiseForwardParams {
   MatrixView a_mean;    // [N, D]
