@@ -64,7 +64,7 @@ void pairwise_forward(const PairwiseForwardParams& p) {
 
 void pairwise_backward(const PairwiseBackwardParams& p) {
   check_metric(p.metric);
-  check_matmul_precision(p.precision);
+  detail::check_matmul_precision(p.precision);
   check_inputs(p.a_mean, p.a_logvar, p.b_mean, p.b_logvar, p.metric);
   const MatrixView& a = p.a_mean;
   const int64_t n = a.rows, m = p.b_mean.rows, d = a.cols;
