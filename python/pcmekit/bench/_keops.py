@@ -20,11 +20,11 @@ The reduction: ``Kmin_argKmin`` over the gallery index j of the exact CSD,
 of every call. KeOps' CPU back end runs the formula with OpenMP, compiled with its own flags
 (``-O3``, no ``-march``; ``CXXFLAGS`` is added when set).
 
-PCME's match probability (``bench match_prob``) has no KeOps counterpart here: that suite
-measures the dense ``[Q, N]`` matrices of log p and log(1 - p), and a KeOps reduction returns a
-fixed-size result per query row, not a row of N values. (A top-k *by* match probability could be
-written as one formula of J x J symbolic sample-distance terms, but it is not what that suite
-times, and its code grows with J^2.)
+PCME's match probability has a KeOps counterpart in ``bench match_prob``'s top-k case only
+(:class:`KeOpsMatchProb`): a KeOps reduction returns a fixed-size result per query row, not the
+row of N values that suite's dense ``log p`` / ``log(1 - p)`` cases measure. The formula is the
+mean over the J x J sample pairs of sigmoid(shift - scale d), written out term by term, so its
+generated code (and its compile time, about 25 s at J = 7 on one core) grows with J^2.
 """
 
 from __future__ import annotations
@@ -37,14 +37,18 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 
-__all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "first_calls", "compile_note", "compile_seconds",
+__all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "KeOpsMatchProb", "first_calls", "compile_note", "compile_seconds",
            "take_compile", "describe_error"]
 
 _state: Dict[str, Any] = {"module": None, "error": None, "import_s": None}
 
+# A formula's key: (D, dtype, device, k) for the CSD top-k, with the formula's name appended for
+# the others, e.g. (D, dtype, device, k, "match_prob J=7").
+Key = Tuple[Any, ...]
+
 # Formula key -> seconds of its first call in this process (compile or cache load included) and
-# the steady-state seconds of the same call repeated; filled by KeOpsCSD.first_call.
-first_calls: Dict[Tuple[int, str, str, int], Tuple[float, float]] = {}
+# the steady-state seconds of the same call repeated; filled by first_call.
+first_calls: Dict[Key, Tuple[float, float]] = {}
 
 
 def cache_folder() -> str:
@@ -101,7 +105,35 @@ def describe_error(err: BaseException) -> str:
     return f"keops failed: {type(err).__name__}: {_first_line(err)}"
 
 
-class KeOpsCSD:
+class _Formula:
+    """What the KeOps contenders share: a formula ``key`` and the timed first call."""
+
+    key: Key
+    on_cuda: bool
+
+    def __call__(self, *queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def first_call(self, *queries: torch.Tensor) -> Tuple[Tuple[torch.Tensor, torch.Tensor], str]:
+        """Calls once and returns ``(result, note)``. The first call of this formula in the process
+        is timed against an immediate second one, and the pair is kept in :data:`first_calls`:
+        their difference is the compile (or cache-load) time."""
+        sync = torch.cuda.synchronize if self.on_cuda else (lambda: None)
+        if self.key in first_calls:
+            return self(*queries), ""
+        start = time.perf_counter()
+        result = self(*queries)
+        sync()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        self(*queries)
+        sync()
+        steady = time.perf_counter() - start
+        first_calls[self.key] = (first, steady)
+        return result, compile_note(self.key)
+
+
+class KeOpsCSD(_Formula):
     """CSD top-``k`` of queries against one gallery, as a KeOps ``Kmin_argKmin`` reduction.
 
     ``g_mean``, ``g_logvar``: ``[N, D]`` float32 (or float64), on the CPU or a CUDA device KeOps
@@ -121,8 +153,10 @@ class KeOpsCSD:
         self.g_mean = g_mean.contiguous()
         self.g_var_sum = g_logvar.exp().sum(1, keepdim=True).contiguous()  # [N, 1], outside the timing
         self.key = (g_mean.shape[1], str(g_mean.dtype), g_mean.device.type, k)
+        self.on_cuda = g_mean.is_cuda
 
-    def __call__(self, q_mean: torch.Tensor, q_logvar: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, *queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        q_mean, q_logvar = queries
         if q_mean.dim() != 2 or q_mean.shape[1] != self.g_mean.shape[1] or q_mean.shape != q_logvar.shape:
             raise ValueError(
                 f"q_mean and q_logvar must both have shape [Q, D] with D == gallery D ({self.g_mean.shape[1]}), "
@@ -140,35 +174,87 @@ class KeOpsCSD:
         values, indices = csd.Kmin_argKmin(self.k, dim=1)
         return values, indices.long()
 
-    def first_call(self, q_mean: torch.Tensor, q_logvar: torch.Tensor) -> Tuple[Tuple[torch.Tensor, torch.Tensor], str]:
-        """Calls once and returns ``(result, note)``. The first call of this formula in the process
-        is timed against an immediate second one, and the pair is kept in :data:`first_calls`:
-        their difference is the compile (or cache-load) time."""
-        sync = torch.cuda.synchronize if self.g_mean.is_cuda else (lambda: None)
-        if self.key in first_calls:
-            return self(q_mean, q_logvar), ""
-        start = time.perf_counter()
-        result = self(q_mean, q_logvar)
-        sync()
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        self(q_mean, q_logvar)
-        sync()
-        steady = time.perf_counter() - start
-        first_calls[self.key] = (first, steady)
-        return result, compile_note(self.key)
+
+class KeOpsMatchProb(_Formula):
+    """Top-``k`` by PCME's Monte-Carlo match probability, as a KeOps ``Kmin_argKmin`` of -p.
+
+    p(q, g) = 1/J^2 sum_{a, b} sigmoid(shift - scale d(z_q,a, z_g,b)), with the samples
+    z = mu + exp(logvar / 2) eps of :func:`pcmekit.match_prob` and d the Euclidean distance (its
+    square when ``squared``). The gallery's samples ``[N, J D]`` are formed once, here, outside
+    any timing (as a faiss index is built); each call forms the queries' and reduces. Returns
+    ``(values [Q, k], indices [Q, k] int64)``, values descending, like :func:`pcmekit.topk` with
+    ``metric="match_prob"`` on the same noise. Forward only (no gradients through it).
+    """
+
+    def __init__(self, lazy_tensor: Any, g_mean: torch.Tensor, g_logvar: torch.Tensor, eps_g: torch.Tensor,
+                 k: int, scale: float, shift: float, squared: bool = False) -> None:
+        if g_mean.dim() != 2 or g_mean.shape != g_logvar.shape:
+            raise ValueError(
+                f"g_mean and g_logvar must both have shape [N, D], got {list(g_mean.shape)} and {list(g_logvar.shape)}"
+            )
+        n, d = g_mean.shape
+        if eps_g.dim() != 3 or eps_g.shape[0] != n or eps_g.shape[2] != d:
+            raise ValueError(f"eps_g must have shape [N, J, D] = [{n}, J, {d}], got {list(eps_g.shape)}")
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be in [1, N={n}], got {k}")
+        self.lazy = lazy_tensor
+        self.k, self.d, self.j = k, d, eps_g.shape[1]
+        self.scale, self.shift, self.squared = float(scale), float(shift), bool(squared)
+        self.z_g = _samples(g_mean, g_logvar, eps_g)
+        self.key = (d, str(g_mean.dtype), g_mean.device.type, k,
+                    f"match_prob J={self.j}" + (" squared" if squared else ""))
+        self.on_cuda = g_mean.is_cuda
+
+    def __call__(self, *queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        q_mean, q_logvar, eps_q = queries
+        if q_mean.dim() != 2 or q_mean.shape[1] != self.d or q_mean.shape != q_logvar.shape:
+            raise ValueError(
+                f"q_mean and q_logvar must both have shape [Q, D] with D == gallery D ({self.d}), "
+                f"got {list(q_mean.shape)} and {list(q_logvar.shape)}"
+            )
+        if tuple(eps_q.shape) != (q_mean.shape[0], self.j, self.d):
+            raise ValueError(f"eps_q must have shape [Q, J, D] = [{q_mean.shape[0]}, {self.j}, {self.d}], "
+                             f"got {list(eps_q.shape)}")
+        x = self.lazy(_samples(q_mean, q_logvar, eps_q), axis=0)
+        y = self.lazy(self.z_g, axis=1)
+        d, total = self.d, None
+        for a in range(self.j):
+            x_a = x[a * d:(a + 1) * d]
+            for b in range(self.j):
+                dist = (x_a - y[b * d:(b + 1) * d]).sqnorm2()
+                if not self.squared:
+                    dist = dist.sqrt()
+                # sigmoid(shift - scale d) = 1 / (1 + exp(scale d - shift)); exp may overflow to
+                # inf, which gives the right 0 (forward only, so no inf * 0 in a gradient).
+                term = 1.0 / (1.0 + (self.scale * dist - self.shift).exp())
+                total = term if total is None else total + term
+        assert total is not None  # J >= 1
+        neg_p = total * (-1.0 / (self.j * self.j))
+        values, indices = neg_p.Kmin_argKmin(self.k, dim=1)
+        return -values, indices.long()
 
 
-def compile_note(key: Tuple[int, str, str, int]) -> str:
+def _samples(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``[rows, J D]``: row i holds its J samples mu_i + exp(logvar_i / 2) eps_i,j one after another."""
+    z = mean[:, None, :] + (0.5 * logvar).exp()[:, None, :] * eps
+    return z.reshape(mean.shape[0], -1).contiguous()
+
+
+def formula_name(key: Key) -> str:
+    """``keops formula D=64`` (the CSD top-k) or ``keops formula match_prob J=7 D=64``."""
+    return f"keops formula {key[4]} D={key[0]}" if len(key) > 4 else f"keops formula D={key[0]}"
+
+
+def compile_note(key: Key) -> str:
     """What :data:`first_calls` knows about a formula, for the notes."""
     if key not in first_calls:
         return ""
     first, steady = first_calls[key]
-    return (f"keops formula D={key[0]}: first call {first:.2f} s (compile or cache load, "
+    return (f"{formula_name(key)}: first call {first:.2f} s (compile or cache load, "
             f"cache {os.environ.get('KEOPS_CACHE_FOLDER', cache_folder())}), then {steady * 1e3:.1f} ms")
 
 
-def compile_seconds(key: Tuple[int, str, str, int]) -> Optional[float]:
+def compile_seconds(key: Key) -> Optional[float]:
     """First call minus steady state of a formula (its compile or cache-load time), if recorded."""
     if key not in first_calls:
         return None
@@ -176,15 +262,15 @@ def compile_seconds(key: Tuple[int, str, str, int]) -> Optional[float]:
     return max(0.0, first - steady)
 
 
-_reported: Set[Tuple[int, str, str, int]] = set()
+_reported: Set[Key] = set()
 
 
-def take_compile(key: Tuple[int, str, str, int]) -> Tuple[Optional[float], str]:
+def take_compile(key: Key) -> Tuple[Optional[float], str]:
     """``(compile seconds, note)`` for the first row that reports this formula; later rows get
     ``(None, "... earlier in this run")``, so a column of compile times adds up to the time spent."""
     if key not in first_calls:
         return None, ""
     if key in _reported:
-        return None, f"keops formula D={key[0]} compiled or loaded earlier in this run"
+        return None, f"{formula_name(key)} compiled or loaded earlier in this run"
     _reported.add(key)
     return compile_seconds(key), compile_note(key)

@@ -3,9 +3,19 @@
 1. ``log p`` and ``log(1 - p)`` of Q = 1000 queries against N = 5000 gallery items, D = 256,
    J = 7 samples, float32, forward only (the issue's size; ``--quick``: Q = 200, N = 1000).
 2. Forward + backward of a PCME-style loss on B x B pairs (B = 512; quick: 128), D = 256, J = 7.
+3. Top-10 gallery items by match probability for the queries of case 1 (the same sizes and
+   noise): :func:`pcmekit.topk` with ``metric="match_prob"``.
 
-Each against ``pcmekit.reference.match_logprob_fast`` (chunked GEMM over samples) in the
-same run, on the same noise, after checking both against a float64 result. GFLOP/s counts the
+Cases 1 and 2 run against ``pcmekit.reference.match_logprob_fast`` (chunked GEMM over samples) in
+the same run, on the same noise, after checking both against a float64 result. Case 3 runs
+against ``pcmekit.reference.topk_chunked`` (that GEMM on 8192 gallery rows at a time, then
+``torch.topk``) and, when ``pykeops`` is importable, KeOps (:class:`pcmekit.bench._keops.
+KeOpsMatchProb`: ``Kmin_argKmin`` over the J x J sample terms written out, gallery samples
+formed before the timing). KeOps compiles the formula on its first call (on a few queries,
+reported as ``compile_s`` and in the notes, never timed) and is skipped, with its estimated time
+in the notes, when its timed calls would take more than ``KEOPS_BUDGET_S``. Each contender's
+values must equal the float64 match probability of the pairs it returned, and the float64
+probabilities of the returned pairs must agree between contenders. GFLOP/s counts the
 sample-distance GEMM, 2 (Q J) (N J) D per forward (3x that for forward + backward). scale and
 shift are PCME's initial values in pcmekit's convention (30 and 30): most random pairs have
 p ~ 1e-30, as in training.
@@ -24,14 +34,19 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .. import reference
 from ..reference import match_prob as reference_match
 from ..ops.match_prob import match_logprob
-from . import BenchConfig, median_time, row
+from ..retrieval import topk
+from . import BenchConfig, _keops, median_time, row
 from ._memory import cuda_peak_mb, peak_rss_mb
 
 SUITE = "match_prob"
 SCALE = SHIFT = 30.0
 J = 7
+K = 10  # case 3's top-k
+KEOPS_BUDGET_S = 120.0  # the most seconds KeOps' timed calls may take in case 3
+KEOPS_PROBE_QUERIES = 8
 
 
 def make_inputs(q: int, n: int, d: int, j: int, device: str, seed: int = 0) -> Tuple[torch.Tensor, ...]:
@@ -57,6 +72,16 @@ def _ours(am, al, bm, bl, ea, eb):
 
 def _base(am, al, bm, bl, ea, eb):
     return reference_match.match_logprob_fast(am, al, bm, bl, ea, eb, SCALE, SHIFT)
+
+
+def _topk_ours(am, al, bm, bl, ea, eb, k: int = K):
+    return topk(am, al, bm, bl, k, metric="match_prob", scale=SCALE, shift=SHIFT, num_samples=ea.shape[1],
+                eps_q=ea, eps_g=eb)
+
+
+def _topk_base(am, al, bm, bl, ea, eb, k: int = K):
+    return reference.topk_chunked(am, al, bm, bl, k, metric="match_prob", eps_q=ea, eps_g=eb, scale=SCALE,
+                                  shift=SHIFT)
 
 
 def _loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -92,10 +117,16 @@ def memory_workload(args: Dict[str, Any], small: bool) -> Callable[[], Any]:
     """The call whose peak memory is measured (bench/_memory.py): it makes its inputs and noise
     too, so they are counted along with the outputs and every temporary."""
     q, n, d, j = (8, 8, 16, 2) if small else (args["q"], args["n"], args["d"], args["j"])
-    fn = _ours if args["impl"] == "ours" else _base
+    impl = args["impl"]
+    fn: Callable[..., Any] = {"ours": _ours, "base": _base, "topk ours": _topk_ours,
+                              "topk base": _topk_base}[impl]
+    k = min(K, n)
 
     def run() -> Any:
         inputs = make_inputs(q, n, d, j, "cpu")
+        if impl.startswith("topk"):
+            with torch.no_grad():
+                return fn(*inputs, k=k)
         if args["backward"]:
             return _train_step(fn, inputs)
         with torch.no_grad():
@@ -142,7 +173,127 @@ def run(config: BenchConfig) -> List[Dict[str, Any]]:
     t_ours = median_time(lambda: _train_step(_ours, inputs), config.repeats, config.warmup, dev)
     t_base = median_time(lambda: _train_step(_base, inputs), config.repeats, config.warmup, dev)
     rows += _with_memory(case, dev, t_ours, t_base, flops, data_mb, (b, b, d), True, inputs)
+
+    # 3. Top-k by match probability, case 1's sizes.
+    rows += _topk_case(config, q, n, d)
     return rows
+
+
+def _true_match_prob(inputs: Tuple[torch.Tensor, ...], indices: torch.Tensor) -> torch.Tensor:
+    """``[rows, k]`` float64 match probability of query i and gallery item indices[i, c]."""
+    am, al, bm, bl, ea, eb = (t.double().cpu() for t in inputs)
+    rows = indices.shape[0]
+    out = torch.empty(indices.shape, dtype=torch.float64)
+    for i in range(rows):
+        sel = indices[i].cpu()
+        log_p, _ = reference_match.match_logprob_fast(am[i:i + 1], al[i:i + 1], bm[sel], bl[sel], ea[i:i + 1], eb[sel],
+                                                      SCALE, SHIFT)
+        out[i] = log_p.exp()[0]
+    return out
+
+
+def check_topk_agreement(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], inputs: Tuple[torch.Tensor, ...]) -> str:
+    """Raises unless every contender's values are the float64 match probabilities of the pairs it
+    returned (relative 1e-4 of the largest) and the contenders found equally probable pairs (their
+    float64 probabilities agree to the same bound, so near-ties may swap); returns a note with the
+    share of identical indices."""
+    truth = {}
+    for name, (values, indices) in results.items():
+        if (indices.sort(dim=1).values.diff(dim=1) == 0).any():
+            raise AssertionError(f"match_prob top-{K}: {name} returned a gallery item twice")
+        t = _true_match_prob(inputs, indices)
+        tol = 1e-4 * t.abs().max().item() + 1e-30
+        err = (values.double().cpu() - t).abs().max().item()
+        if err > tol:
+            raise AssertionError(f"match_prob top-{K}: {name}'s values differ from the float64 match "
+                                 f"probability of its pairs by {err:.3g} (> {tol:.3g})")
+        truth[name] = t
+    first = next(iter(results))
+    notes = []
+    for name in results:
+        if name == first:
+            continue
+        tol = 1e-4 * truth[first].abs().max().item() + 1e-30
+        gap = (truth[name] - truth[first]).abs().max().item()
+        if gap > tol:
+            raise AssertionError(f"match_prob top-{K}: {name} and {first} found pairs whose float64 "
+                                 f"probabilities differ by {gap:.3g} (> {tol:.3g})")
+        same = (results[name][1].cpu() == results[first][1].cpu()).double().mean().item()
+        notes.append(f"{name}: {100 * same:.1f}% identical indices")
+    return "agreement on the first queries: " + ", ".join(notes) if notes else ""
+
+
+def _topk_case(config: BenchConfig, q: int, n: int, d: int) -> List[Dict[str, Any]]:
+    dev = config.device
+    inputs = make_inputs(q, n, d, J, dev)
+    k = min(K, n)
+    contenders: Dict[str, Tuple[str, Callable[..., Any], str]] = {
+        "pcmekit": ("topk ours", lambda *a: _topk_ours(*a, k=k), ""),
+        "torch (chunked)": ("topk base", lambda *a: _topk_base(*a, k=k), "chunks of 8192 gallery rows, then torch.topk"),
+    }
+    keops_note, compile_s = _add_keops(contenders, inputs, k, config)
+    check = q if config.quick else min(q, 64)
+    with torch.no_grad():
+        first = tuple(t[:check] for t in inputs[:2]) + tuple(inputs[2:4]) + (inputs[4][:check], inputs[5])
+        results = {name: fn(*first) for name, (_, fn, _) in contenders.items()}
+    agreement = check_topk_agreement(results, first)
+    del results
+    if keops_note and "keops LazyTensor" not in contenders:
+        agreement = "; ".join(x for x in (agreement, keops_note) if x)
+    case = f"top-{k} match_prob Q={q} N={n} D={d} J={J} fp32"
+    flops = 2.0 * (q * J) * (n * J) * d
+    out = []
+    for name, (impl, fn, note) in contenders.items():
+        with torch.no_grad():
+            seconds = median_time(lambda: fn(*inputs), config.repeats, config.warmup, dev)
+        peak: Optional[float] = None
+        how = ""
+        if dev.startswith("cuda"):
+            with torch.no_grad():
+                peak, how = cuda_peak_mb(lambda: fn(*inputs)), "CUDA allocator peak above inputs"
+        elif impl != "keops":
+            work = {"impl": impl, "q": q, "n": n, "d": d, "j": J, "backward": False}
+            peak, how = peak_rss_mb(__name__, work, timeout=1800)
+        if impl == "keops":
+            how = "peak memory not measured (a fresh process would load the formula again)"
+            note = "; ".join(x for x in (note, keops_note) if x)
+        r = row(SUITE, case, name, seconds, baseline=impl == "topk base", flops=flops, peak_mb=peak,
+                queries_per_s=q / seconds, notes="; ".join(x for x in (note, how, agreement) if x))
+        if impl == "keops":
+            r["compile_s"] = compile_s
+        out.append(r)
+    return out
+
+
+def _add_keops(contenders: Dict[str, Tuple[str, Callable[..., Any], str]], inputs: Tuple[torch.Tensor, ...], k: int,
+               config: BenchConfig) -> Tuple[str, Optional[float]]:
+    """Adds the KeOps contender of case 3 when pykeops works and its timed calls fit
+    KEOPS_BUDGET_S; returns the note for its row (or why it was left out) and its compile time."""
+    lazy, why = _keops.load()
+    if lazy is None:
+        return why, None
+    am, al, bm, bl, ea, eb = inputs
+    try:
+        kmp = _keops.KeOpsMatchProb(lazy, bm, bl, eb, k, SCALE, SHIFT)
+        probe = min(am.shape[0], KEOPS_PROBE_QUERIES)
+        with torch.no_grad():
+            kmp.first_call(am[:probe], al[:probe], ea[:probe])  # compiles (or loads) the formula
+            seconds = median_time(lambda: kmp(am[:probe], al[:probe], ea[:probe]), 1, 0, config.device)
+    except Exception as err:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
+        return _keops.describe_error(err), None
+    estimate = seconds * am.shape[0] / probe
+    calls = config.repeats + config.warmup
+    compile_s, compile_note = _keops.take_compile(kmp.key)
+    if estimate * calls > KEOPS_BUDGET_S:
+        return (f"keops skipped: about {estimate:.0f} s per call (from {probe} queries) x {calls} calls "
+                f"exceeds {KEOPS_BUDGET_S:.0f} s; {compile_note}"), compile_s
+
+    def search(qm: torch.Tensor, ql: torch.Tensor, _bm: Any, _bl: Any, eq: torch.Tensor, _eb: Any) -> Any:
+        return kmp(qm, ql, eq)
+
+    contenders["keops LazyTensor"] = ("keops", search, f"Kmin_argKmin of -p over the {J * J} sample terms; "
+                                      "gallery samples formed before the timing")
+    return compile_note, compile_s
 
 
 def _with_memory(case: str, dev: str, t_ours: float, t_base: float, flops: float, data_mb: float,
