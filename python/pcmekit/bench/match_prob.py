@@ -29,6 +29,7 @@ torch's allocator statistics (``max_memory_allocated`` above the memory in use b
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -228,8 +229,8 @@ def _topk_case(config: BenchConfig, q: int, n: int, d: int) -> List[Dict[str, An
     inputs = make_inputs(q, n, d, J, dev)
     k = min(K, n)
     contenders: Dict[str, Tuple[str, Callable[..., Any], str]] = {
-        "pcmekit": ("topk ours", lambda *a: _topk_ours(*a, k=k), ""),
-        "torch (chunked)": ("topk base", lambda *a: _topk_base(*a, k=k), "chunks of 8192 gallery rows, then torch.topk"),
+        "pcmekit": ("topk ours", functools.partial(_topk_ours, k=k), ""),
+        "torch (chunked)": ("topk base", functools.partial(_topk_base, k=k), "chunks of 8192 gallery rows, then torch.topk"),
     }
     keops_note, compile_s = _add_keops(contenders, inputs, k, config)
     check = q if config.quick else min(q, 64)
