@@ -33,12 +33,12 @@ import getpass
 import os
 import tempfile
 import time
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 
 __all__ = ["load", "cache_folder", "import_seconds", "KeOpsCSD", "KeOpsMatchProb", "first_calls", "compile_note", "compile_seconds",
-           "take_compile", "describe_error"]
+           "take_compile", "describe_error", "probe"]
 
 _state: Dict[str, Any] = {"module": None, "error": None, "import_s": None}
 
@@ -274,3 +274,29 @@ def take_compile(key: Key) -> Tuple[Optional[float], str]:
         return None, f"{formula_name(key)} compiled or loaded earlier in this run"
     _reported.add(key)
     return compile_seconds(key), compile_note(key)
+
+
+def probe(formula: _Formula, queries: Sequence[torch.Tensor], calls: int, budget_s: float,
+          probe_rows: int, device: str = "cpu") -> Tuple[bool, str, Optional[float]]:
+    """Whether ``calls`` calls of ``formula`` on all of ``queries`` (tensors with the queries
+    along dim 0) fit in ``budget_s`` seconds, estimated from its first ``probe_rows`` queries:
+    their first call compiles (or loads) the formula, one more is timed and scaled to all of them.
+    Returns ``(fits, note, compile seconds)``; the note says the compile time, or why it was
+    skipped. Exceptions of the formula propagate (the caller reports them)."""
+    rows = queries[0].shape[0]
+    probe_rows = min(rows, probe_rows)
+    head = [t[:probe_rows] for t in queries]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        formula.first_call(*head)
+        sync()
+        start = time.perf_counter()
+        formula(*head)
+        sync()
+        seconds = time.perf_counter() - start
+    estimate = seconds * rows / max(probe_rows, 1)
+    compile_s, compile_note = take_compile(formula.key)
+    if estimate * calls > budget_s:
+        return False, (f"keops skipped: about {estimate:.0f} s per call (from {probe_rows} queries) x {calls} "
+                       f"calls exceeds {budget_s:.0f} s; {compile_note}"), compile_s
+    return True, compile_note, compile_s

@@ -276,25 +276,19 @@ def _add_keops(contenders: Dict[str, Tuple[str, Callable[..., Any], str]], input
     am, al, bm, bl, ea, eb = inputs
     try:
         kmp = _keops.KeOpsMatchProb(lazy, bm, bl, eb, k, SCALE, SHIFT)
-        probe = min(am.shape[0], KEOPS_PROBE_QUERIES)
-        with torch.no_grad():
-            kmp.first_call(am[:probe], al[:probe], ea[:probe])  # compiles (or loads) the formula
-            seconds = median_time(lambda: kmp(am[:probe], al[:probe], ea[:probe]), 1, 0, config.device)
+        fits, note, compile_s = _keops.probe(kmp, (am, al, ea), config.repeats + config.warmup, KEOPS_BUDGET_S,
+                                             KEOPS_PROBE_QUERIES, config.device)
     except Exception as err:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
         return _keops.describe_error(err), None
-    estimate = seconds * am.shape[0] / probe
-    calls = config.repeats + config.warmup
-    compile_s, compile_note = _keops.take_compile(kmp.key)
-    if estimate * calls > KEOPS_BUDGET_S:
-        return (f"keops skipped: about {estimate:.0f} s per call (from {probe} queries) x {calls} calls "
-                f"exceeds {KEOPS_BUDGET_S:.0f} s; {compile_note}"), compile_s
+    if not fits:
+        return note, compile_s
 
     def search(qm: torch.Tensor, ql: torch.Tensor, _bm: Any, _bl: Any, eq: torch.Tensor, _eb: Any) -> Any:
         return kmp(qm, ql, eq)
 
     contenders["keops LazyTensor"] = ("keops", search, f"Kmin_argKmin of -p over the {J * J} sample terms; "
                                       "gallery samples formed before the timing")
-    return compile_note, compile_s
+    return note, compile_s
 
 
 def _with_memory(case: str, dev: str, t_ours: float, t_base: float, flops: float, data_mb: float,

@@ -281,20 +281,14 @@ def _add_keops(contenders: Dict[str, Tuple[str, Any, str]], inputs: Inputs, conf
     qm, ql, gm, gl = inputs
     try:
         kcsd = _keops.KeOpsCSD(lazy, gm, gl, K)
-        probe = min(qm.shape[0], KEOPS_PROBE_QUERIES)
-        with torch.no_grad():
-            kcsd.first_call(qm[:probe], ql[:probe])  # compiles (or loads) the formula
-            seconds = median_time(lambda: kcsd(qm[:probe], ql[:probe]), 1, 0, config.device)
+        fits, note, compile_s = _keops.probe(kcsd, (qm, ql), config.repeats + config.warmup, KEOPS_BUDGET_S,
+                                             KEOPS_PROBE_QUERIES, config.device)
     except Exception as err:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
         return _keops.describe_error(err), None
-    estimate = seconds * qm.shape[0] / probe
-    calls = config.repeats + config.warmup
-    compile_s, compile_note = _keops.take_compile(kcsd.key)
-    if estimate * calls > KEOPS_BUDGET_S:
-        return (f"keops skipped: about {estimate:.0f} s per call (from {probe} queries) x {calls} calls "
-                f"exceeds {KEOPS_BUDGET_S:.0f} s; {compile_note}"), compile_s
+    if not fits:
+        return note, compile_s
     contenders["keops LazyTensor"] = ("keops", kcsd, "Kmin_argKmin over the exact CSD; gallery variance sums not timed")
-    return compile_note, compile_s
+    return note, compile_s
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m pcmekit.bench.topk [--quick]
