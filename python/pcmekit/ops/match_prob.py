@@ -80,6 +80,7 @@ def match_prob_op(
         matrix_view(log_q),
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return log_p, log_q
 
@@ -141,6 +142,7 @@ def _match_prob_backward_op(
         g_ss,
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return grads
 
