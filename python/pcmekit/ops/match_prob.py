@@ -326,7 +326,11 @@ def match_logprob(
 
     Accuracy: sample distances are computed in inner-product form (``|z_a|^2 + |z_b|^2 - 2 z_a.z_b``,
     clamped at zero), so in float32 their absolute error is about 1e-7 times the squared sample
-    norms. NaN inputs give NaN in the affected rows and columns. Convention: PCME v1's code uses
+    norms. On CUDA, float32 (and 16-bit) inputs follow ``torch.get_float32_matmul_precision()``:
+    "highest" keeps that float32 accuracy, "high"/"medium" compute the sample products on TF32
+    tensor cores (J <= 64), about 2^-10 of the samples' products (docs/design.md, "The match
+    probability on tensor cores"); the backward pass is float32 in every mode.
+    NaN inputs give NaN in the affected rows and columns. Convention: PCME v1's code uses
     ``exp(s) / (exp(s) + exp(-s)) = sigmoid(2 s)``, so its scale and shift are half of ours.
 
     Raises:
