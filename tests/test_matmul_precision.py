@@ -72,7 +72,9 @@ def test_match_prob_passes_torch_matmul_precision(monkeypatch, restore_precision
     a_mu.requires_grad_(True)
     def run():
         gen = torch.Generator().manual_seed(0)
-        return pcmekit.match_logprob(a_mu, a_lv, a_mu.detach(), a_lv, scale=2.0, shift=1.0, num_samples=3, generator=gen)
+        return pcmekit.match_logprob(
+            a_mu, a_lv, a_mu.detach(), a_lv, scale=2.0, shift=1.0, num_samples=3, generator=gen
+        )
 
     log_p, _ = run()
     log_p.sum().backward()
