@@ -114,6 +114,8 @@ struct Lse {
 __global__ void __launch_bounds__(kThreads) match_forward_tc_kernel(const TcArgs args) {
 #ifndef PCMEKIT_TC_ARCH
   (void)Tf32Op::from(0.0f);
+  (void)&Lse::add;
+  (void)&Lse::merge_lanes;
   __trap();  // the host never launches it there (match_prob_forward_tensor_cores)
 #else
   using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
