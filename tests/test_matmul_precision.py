@@ -61,3 +61,24 @@ def test_unknown_precision_code_is_refused():
     v = _core.matrix_view
     with pytest.raises(ValueError, match="unknown matmul precision code 7"):
         _core.pairwise_forward(0, v(a), v(a), v(a), v(a), v(out), 1, 0, 7)
+
+
+@pytest.mark.parametrize("mode,code", [("highest", 0), ("high", 1), ("medium", 2)])
+def test_match_prob_passes_torch_matmul_precision(monkeypatch, restore_precision, mode, code):
+    forward = precision_codes_seen(monkeypatch, "match_prob_forward")
+    backward = precision_codes_seen(monkeypatch, "match_prob_backward")
+    torch.set_float32_matmul_precision(mode)
+    a_mu, a_lv = gaussians(5, 7, dtype=torch.float32)
+    a_mu.requires_grad_(True)
+    def run():
+        gen = torch.Generator().manual_seed(0)
+        return pcmekit.match_logprob(
+            a_mu, a_lv, a_mu.detach(), a_lv, scale=2.0, shift=1.0, num_samples=3, generator=gen
+        )
+
+    log_p, _ = run()
+    log_p.sum().backward()
+    assert forward == [code] and backward == [code]
+    # The CPU kernels ignore the mode: the same bits in every mode.
+    torch.set_float32_matmul_precision("highest")
+    assert torch.equal(log_p, run()[0])

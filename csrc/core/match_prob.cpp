@@ -47,6 +47,7 @@ void match_prob_forward(const MatchProbForwardParams& p) {
                p.scale, p.shift);
   check_out_pair(p, p.log_p, "log_p", false);
   check_out_pair(p, p.log_q, "log_q", false);
+  detail::check_matmul_precision(p.precision);
   if (p.a_mean.device == Device::CUDA) {
 #ifdef PCMEKIT_WITH_CUDA
     cuda::match_prob_forward(p);
@@ -65,6 +66,7 @@ void match_prob_backward(const MatchProbBackwardParams& p) {
   check_out_pair(p, p.grad_log_q, "grad_log_q", true);
   check_out_pair(p, p.log_p, "log_p", false);
   check_out_pair(p, p.log_q, "log_q", false);
+  detail::check_matmul_precision(p.precision);
   const MatrixView& a = p.a_mean;
   const int64_t n = a.rows, m = p.b_mean.rows, d = a.cols;
   struct Out {

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "cuda/cuda_check.h"
+#include "cuda/match_prob_tc.h"
 #include "pcmekit/match_prob.h"
 
 namespace pcmekit::cuda {
@@ -485,6 +486,8 @@ void backward_typed(const MatchProbBackwardParams& p) {
 
 void match_prob_forward(const MatchProbForwardParams& p) {
   if (p.log_p.empty()) return;
+  // High / Medium float32 on sm_80+: the sample GEMM on TF32 tensor cores (match_prob_tc.cu).
+  if (match_prob_forward_tensor_cores(p)) return;
   if (p.a_mean.dtype == DType::Float64) return forward_typed<double>(p);
   forward_typed<float>(p);
 }

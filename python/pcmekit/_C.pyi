@@ -99,6 +99,7 @@ def match_prob_forward(
     log_q: ViewTuple,  # [N, M], written: log(1 - p)
     num_threads: int,
     stream: int,
+    precision: int = 0,  # float32 matmul precision on CUDA, as pairwise_forward (TF32 sample GEMM)
 ) -> None: ...
 def match_prob_backward(
     grad_log_p: Optional[ViewTuple],  # [N, M]; None: zero
@@ -122,6 +123,7 @@ def match_prob_backward(
     grad_scale_shift: Optional[ViewTuple],  # [1, 2], written: (d scale, d shift)
     num_threads: int,
     stream: int,
+    precision: int = 0,  # checked as the forward's; the CUDA backward is FP32 in every mode
 ) -> None: ...
 def topk(
     score: int,  # 0 = distance (metric code below), 1 = match probability

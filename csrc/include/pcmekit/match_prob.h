@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "pcmekit/precision.h"
 #include "pcmekit/view.h"
 
 namespace pcmekit {
@@ -40,6 +41,9 @@ struct MatchProbForwardParams {
   MatrixView log_q;     // [N, M], written: log (1 - p), input dtype
   int num_threads = 0;      // CPU threads; 0 = hardware concurrency
   void* stream = nullptr;   // cudaStream_t on CUDA; nullptr = legacy default stream
+  // CUDA, float32: High / Medium run the sample GEMM on TF32 tensor cores (sm_80+, J <= 64;
+  // cuda/match_prob_tc.cu), Highest the direct FP32 kernel. float64 and the CPU ignore it.
+  MatmulPrecision precision = MatmulPrecision::Highest;
 };
 
 // Gradients of  L = sum_{n,m} grad_log_p[n, m] * log_p[n, m] + grad_log_q[n, m] * log_q[n, m]
@@ -68,6 +72,8 @@ struct MatchProbBackwardParams {
   MatrixView grad_scale_shift;  // [1, 2]: (dL/dscale, dL/dshift)
   int num_threads = 0;
   void* stream = nullptr;
+  // Checked as the forward's; the CUDA backward runs on the direct FP32 kernel in every mode.
+  MatmulPrecision precision = MatmulPrecision::Highest;
 };
 
 // Validates (std::invalid_argument / pcmekit::TypeError naming the field) and runs on the

@@ -80,6 +80,7 @@ def match_prob_op(
         matrix_view(log_q),
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return log_p, log_q
 
@@ -141,6 +142,7 @@ def _match_prob_backward_op(
         g_ss,
         get_num_threads(),
         stream_handle(a_mean.device),
+        _core.matmul_precision_code(),
     )
     return grads
 
@@ -324,7 +326,11 @@ def match_logprob(
 
     Accuracy: sample distances are computed in inner-product form (``|z_a|^2 + |z_b|^2 - 2 z_a.z_b``,
     clamped at zero), so in float32 their absolute error is about 1e-7 times the squared sample
-    norms. NaN inputs give NaN in the affected rows and columns. Convention: PCME v1's code uses
+    norms. On CUDA, float32 (and 16-bit) inputs follow ``torch.get_float32_matmul_precision()``:
+    "highest" keeps that float32 accuracy, "high"/"medium" compute the sample products on TF32
+    tensor cores (J <= 64), about 2^-10 of the samples' products (docs/design.md, "The match
+    probability on tensor cores"); the backward pass is float32 in every mode.
+    NaN inputs give NaN in the affected rows and columns. Convention: PCME v1's code uses
     ``exp(s) / (exp(s) + exp(-s)) = sigmoid(2 s)``, so its scale and shift are half of ours.
 
     Raises:
