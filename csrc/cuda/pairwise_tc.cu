@@ -47,6 +47,7 @@
 #include "cuda/bce_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/pairwise_tc.h"
+#include "cuda/pairwise_tc_engine.h"
 #include "cuda/tc_ops.h"
 #include "pcmekit/bce.h"
 
@@ -54,61 +55,12 @@ namespace pcmekit::cuda {
 namespace {
 
 namespace wmma = nvcuda::wmma;
+using namespace tc;  // the forward engine (pairwise_tc_engine.h)
 
-constexpr int kTile = 64;        // output rows and columns per block
-constexpr int kWarps = 4;        // 2 x 2 warps, 32 x 32 outputs each
-constexpr int kThreads = kWarps * 32;
-constexpr int kFeatures = 32;    // features per staged chunk
-constexpr int kScratchLd = 20;   // per-warp 16 x 16 epilogue tile, padded (80-byte rows)
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-static_assert(kThreads == 2 * kTile, "two staging threads per row");
-
-// ---------------------------------------------------------------------------------------------
-// The features and row terms of one dimension (mu, lv) of a row, per metric and side.
-
-template <Metric kMetric>
-struct Form {
-  static constexpr int width = (kMetric == Metric::W2 || kMetric == Metric::KL) ? 2 : 1;
-  static constexpr bool needs_logvar = kMetric != Metric::L2;
-  static constexpr float alpha = kMetric == Metric::KL ? 1.0f : -2.0f;
-
-  // Writes the dimension's features to f and returns its contribution to the row term.
-  template <bool kSideB>
-  __device__ __forceinline__ static float features(float mu, float lv, float (&f)[width]) {
-    if constexpr (kMetric == Metric::L2) {
-      f[0] = mu;
-      return mu * mu;
-    } else if constexpr (kMetric == Metric::CSD) {
-      f[0] = mu;
-      return mu * mu + expf(lv);
-    } else if constexpr (kMetric == Metric::W2) {
-      const float var = expf(lv);
-      f[0] = mu;
-      f[width - 1] = sqrtf(var);
-      return mu * mu + var;
-    } else if constexpr (!kSideB) {  // kl, a side
-      const float var = expf(lv);
-      f[0] = var + mu * mu;
-      f[width - 1] = mu;
-      return -0.5f * lv - 0.5f;
-    } else {  // kl, b side
-      const float inv = 1.0f / expf(lv);
-      f[0] = 0.5f * inv;
-      f[width - 1] = -mu * inv;
-      return 0.5f * (mu * mu * inv + lv);
-    }
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Arguments and shared memory.
-
-template <typename S>
-struct Input {
-  const S* data;   // null: absent (l2's logvar)
-  int64_t row_stride, col_stride;
-  bool vec;        // row-contiguous, 16-byte aligned base and row stride: 16-byte loads allowed
-};
 
 // The fused BCE of pairwise_bce (bce_math.h): the epilogue writes dloss/ddistance to `out`
 // instead of the distance, and each block its (loss, q, qd) sums to partials[3 blockIdx.x ..].
@@ -142,30 +94,6 @@ struct alignas(128) TcSmem {
   double bce[kBce ? 3 : 1][kBce ? kThreads : 1];
 };
 
-// Loads kN consecutive dimensions [d0, d0 + kN) of a row as floats; dimensions past `dim`
-// read as 0. 16-byte vector loads when the input allows and the run is whole.
-template <int kN, typename S>
-__device__ __forceinline__ void load_run(const Input<S>& in, int64_t row, int64_t d0, int64_t dim,
-                                         float (&out)[kN]) {
-  const S* base = in.data + row * in.row_stride;
-  constexpr int kPer = 16 / static_cast<int>(sizeof(S));
-  static_assert(kN % kPer == 0, "whole 16-byte vectors");
-  if (in.vec && d0 + kN <= dim) {
-#pragma unroll
-    for (int v = 0; v < kN / kPer; ++v) {
-      const uint4 w = *reinterpret_cast<const uint4*>(base + d0 + v * kPer);
-      S e[kPer];
-      memcpy(e, &w, sizeof w);
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) out[v * kPer + u] = to_float(e[u]);
-    }
-  } else {
-#pragma unroll
-    for (int u = 0; u < kN; ++u)
-      out[u] = d0 + u < dim ? to_float(base[(d0 + u) * in.col_stride]) : 0.0f;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The kernel.
 
@@ -178,25 +106,15 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   __trap();  // the host never launches it there (pairwise_forward_tensor_cores)
 #else
   using F = Form<kMetric>;
-  using T = typename Op::smem;
-  constexpr int kW = F::width;
-  constexpr int kDims = kFeatures / kW;  // dimensions per chunk
-  constexpr int kRun = kDims / 2;        // dimensions per staging thread
   constexpr int kLd = TcSmem<Op, kBce>::ld;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::k, typename Op::tag, wmma::row_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::k, typename Op::tag, wmma::col_major>;
-  using FragC = wmma::fragment<wmma::accumulator, 16, 16, Op::k, float>;
 
   __shared__ TcSmem<Op, kBce> s;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int wm = warp / 2, wn = warp % 2;
-  const int srow = tid / 2;        // the staging thread's row of A and of B
-  const int shalf = tid % 2;       // and its half of the chunk's dimensions
   const int64_t tiles_m = (args.m + kTile - 1) / kTile;
   const int64_t tiles = (args.n + kTile - 1) / kTile * tiles_m;
-  const int64_t chunks = (args.dim + kDims - 1) / kDims;
   if constexpr (kBce) {
 #pragma unroll
     for (int k = 0; k < 3; ++k) s.bce[k][tid] = 0.0;
@@ -205,91 +123,9 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t i0 = tile / tiles_m * kTile;
     const int64_t j0 = tile % tiles_m * kTile;
-    const bool a_valid = i0 + srow < args.n;
-    const bool b_valid = j0 + srow < args.m;
-
-    FragC acc[2][2];
-#pragma unroll
-    for (int fi = 0; fi < 2; ++fi)
-#pragma unroll
-      for (int fj = 0; fj < 2; ++fj) wmma::fill_fragment(acc[fi][fj], 0.0f);
-
-    // The staging thread's registers: the next chunk's inputs, and its row-term sums.
-    float a_mu[kRun], a_lv[kRun], b_mu[kRun], b_lv[kRun];
-    float a_term = 0.0f, b_term = 0.0f;
-
-    auto fetch = [&](int64_t c) {
-      const int64_t d0 = c * kDims + shalf * kRun;
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) a_mu[u] = a_lv[u] = b_mu[u] = b_lv[u] = 0.0f;
-      if (a_valid) {
-        load_run(args.a_mu, i0 + srow, d0, args.dim, a_mu);
-        if constexpr (F::needs_logvar) load_run(args.a_lv, i0 + srow, d0, args.dim, a_lv);
-      }
-      if (b_valid) {
-        load_run(args.b_mu, j0 + srow, d0, args.dim, b_mu);
-        if constexpr (F::needs_logvar) load_run(args.b_lv, j0 + srow, d0, args.dim, b_lv);
-      }
-    };
-    // Features of the fetched chunk into buffer `buf`; padding dimensions give zero features.
-    auto put = [&](int64_t c, int buf) {
-      const int64_t d0 = c * kDims + shalf * kRun;
-      float a_part = 0.0f, b_part = 0.0f;
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) {
-        const bool in_dim = d0 + u < args.dim;
-        float fa[kW], fb[kW];
-        const float ta = F::template features<false>(a_mu[u], a_lv[u], fa);
-        const float tb = F::template features<true>(b_mu[u], b_lv[u], fb);
-        if (in_dim) {
-          a_part += ta;
-          b_part += tb;
-        }
-#pragma unroll
-        for (int w = 0; w < kW; ++w) {
-          const int k = (shalf * kRun + u) * kW + w;
-          s.a[buf][srow][k] = Op::from(in_dim ? fa[w] : 0.0f);
-          s.b[buf][srow][k] = Op::from(in_dim ? fb[w] : 0.0f);
-        }
-      }
-      a_term += a_part;  // two-level sums: the chunk's terms, then the running sum
-      b_term += b_part;
-    };
-
-    if (chunks > 0) {
-      fetch(0);
-      put(0, 0);
-    }
-    __syncthreads();
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int buf = static_cast<int>(c & 1);
-      if (c + 1 < chunks) fetch(c + 1);  // in flight during the mma's
-#pragma unroll
-      for (int ks = 0; ks < kFeatures / Op::k; ++ks) {
-        FragA fa[2];
-        FragB fb[2];
-#pragma unroll
-        for (int f = 0; f < 2; ++f) {
-          wmma::load_matrix_sync(fa[f], &s.a[buf][wm * 32 + 16 * f][ks * Op::k], kLd);
-          wmma::load_matrix_sync(fb[f], &s.b[buf][wn * 32 + 16 * f][ks * Op::k], kLd);
-        }
-#pragma unroll
-        for (int fi = 0; fi < 2; ++fi)
-#pragma unroll
-          for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
-      }
-      if (c + 1 < chunks) put(c + 1, buf ^ 1);
-      __syncthreads();
-    }
-
-    // Row terms: the two staging threads of a row are lanes 2r and 2r + 1 of one warp.
-    a_term += __shfl_xor_sync(0xffffffffu, a_term, 1);
-    b_term += __shfl_xor_sync(0xffffffffu, b_term, 1);
-    if (shalf == 0) {
-      s.row[srow] = a_term;
-      s.col[srow] = b_term;
-    }
-    __syncthreads();
+    TileAcc<Op> acc[2][2];
+    tile_products<kMetric, S, Op, kLd>(args.a_mu, args.a_lv, args.b_mu, args.b_lv, args.n, args.m,
+                                       args.dim, i0, j0, s.a, s.b, s.row, s.col, acc);
 
     // Epilogue: each accumulator fragment through the warp's scratch tile (the fragment layout
     // is opaque), then row + col + alpha acc, clamped at 0 (NaN passes), to global memory; with
@@ -634,14 +470,6 @@ __global__ void __launch_bounds__(kThreads) pairwise_backward_tc_kernel(const Bw
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-template <typename S>
-Input<S> input(const MatrixView& v, bool present) {
-  Input<S> in{present ? static_cast<const S*>(v.data) : nullptr, v.row_stride, v.col_stride, false};
-  in.vec = present && v.col_stride == 1 && (v.row_stride * int64_t(sizeof(S))) % 16 == 0 &&
-           reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0;
-  return in;
-}
-
 // bce == nullptr: the plain forward; else the fused BCE of pairwise_bce (p = bce->forward).
 template <Metric kMetric, typename S, typename Op>
 void launch(const PairwiseForwardParams& p, const PairwiseBceParams* bce, cudaStream_t stream) {
@@ -754,6 +582,7 @@ void launch_backward_storage(const PairwiseBackwardParams& p, cudaStream_t strea
   }
 }
 
+}  // namespace
 
 // The rule of docs/design.md's precision table, the same for forward and backward: float32 on
 // tensor cores only when TF32 is allowed; 16-bit csd / l2 always (exact features); 16-bit w2 / kl
@@ -775,8 +604,6 @@ bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, i
   }
   return device_has_tensor_cores(device);
 }
-
-}  // namespace
 
 bool device_has_tensor_cores(int device) {
   static int major[64] = {};

@@ -71,7 +71,8 @@ def _topk_kernel(
     flat_g = None if eps_g is None else eps_g.reshape(-1, eps_g.shape[2])
     views = (matrix_view(q_mean), matrix_view(q_logvar), matrix_view(g_mean), matrix_view(g_logvar))
     workspace = None
-    need = 0 if q_mean.device.type == "cpu" else _core.topk_workspace_bytes(score, metric_code, *views, j, k)
+    precision = _core.matmul_precision_code()  # read when the op runs, as pairwise does
+    need = 0 if q_mean.device.type == "cpu" else _core.topk_workspace_bytes(score, metric_code, *views, j, k, precision)
     if need > 0:
         workspace = torch.empty(need, dtype=torch.uint8, device=q_mean.device)
     _core.topk(
@@ -91,6 +92,7 @@ def _topk_kernel(
         need,
         get_num_threads(),
         stream_handle(q_mean.device),
+        precision=precision,
     )
     return values, indices
 
