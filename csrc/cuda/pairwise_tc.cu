@@ -106,15 +106,25 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   __trap();  // the host never launches it there (pairwise_forward_tensor_cores)
 #else
   using F = Form<kMetric>;
+  using T = typename Op::smem;
+  constexpr int kW = F::width;
+  constexpr int kDims = kFeatures / kW;  // dimensions per chunk
+  constexpr int kRun = kDims / 2;        // dimensions per staging thread
   constexpr int kLd = TcSmem<Op, kBce>::ld;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::k, typename Op::tag, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::k, typename Op::tag, wmma::col_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, Op::k, float>;
 
   __shared__ TcSmem<Op, kBce> s;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int wm = warp / 2, wn = warp % 2;
+  const int srow = tid / 2;        // the staging thread's row of A and of B
+  const int shalf = tid % 2;       // and its half of the chunk's dimensions
   const int64_t tiles_m = (args.m + kTile - 1) / kTile;
   const int64_t tiles = (args.n + kTile - 1) / kTile * tiles_m;
+  const int64_t chunks = (args.dim + kDims - 1) / kDims;
   if constexpr (kBce) {
 #pragma unroll
     for (int k = 0; k < 3; ++k) s.bce[k][tid] = 0.0;
@@ -123,9 +133,91 @@ __global__ void __launch_bounds__(kThreads) pairwise_forward_tc_kernel(const TcA
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t i0 = tile / tiles_m * kTile;
     const int64_t j0 = tile % tiles_m * kTile;
-    TileAcc<Op> acc[2][2];
-    tile_products<kMetric, S, Op, kLd>(args.a_mu, args.a_lv, args.b_mu, args.b_lv, args.n, args.m,
-                                       args.dim, i0, j0, s.a, s.b, s.row, s.col, acc);
+    const bool a_valid = i0 + srow < args.n;
+    const bool b_valid = j0 + srow < args.m;
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) wmma::fill_fragment(acc[fi][fj], 0.0f);
+
+    // The staging thread's registers: the next chunk's inputs, and its row-term sums.
+    float a_mu[kRun], a_lv[kRun], b_mu[kRun], b_lv[kRun];
+    float a_term = 0.0f, b_term = 0.0f;
+
+    auto fetch = [&](int64_t c) {
+      const int64_t d0 = c * kDims + shalf * kRun;
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) a_mu[u] = a_lv[u] = b_mu[u] = b_lv[u] = 0.0f;
+      if (a_valid) {
+        load_run(args.a_mu, i0 + srow, d0, args.dim, a_mu);
+        if constexpr (F::needs_logvar) load_run(args.a_lv, i0 + srow, d0, args.dim, a_lv);
+      }
+      if (b_valid) {
+        load_run(args.b_mu, j0 + srow, d0, args.dim, b_mu);
+        if constexpr (F::needs_logvar) load_run(args.b_lv, j0 + srow, d0, args.dim, b_lv);
+      }
+    };
+    // Features of the fetched chunk into buffer `buf`; padding dimensions give zero features.
+    auto put = [&](int64_t c, int buf) {
+      const int64_t d0 = c * kDims + shalf * kRun;
+      float a_part = 0.0f, b_part = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        const bool in_dim = d0 + u < args.dim;
+        float fa[kW], fb[kW];
+        const float ta = F::template features<false>(a_mu[u], a_lv[u], fa);
+        const float tb = F::template features<true>(b_mu[u], b_lv[u], fb);
+        if (in_dim) {
+          a_part += ta;
+          b_part += tb;
+        }
+#pragma unroll
+        for (int w = 0; w < kW; ++w) {
+          const int k = (shalf * kRun + u) * kW + w;
+          s.a[buf][srow][k] = Op::from(in_dim ? fa[w] : 0.0f);
+          s.b[buf][srow][k] = Op::from(in_dim ? fb[w] : 0.0f);
+        }
+      }
+      a_term += a_part;  // two-level sums: the chunk's terms, then the running sum
+      b_term += b_part;
+    };
+
+    if (chunks > 0) {
+      fetch(0);
+      put(0, 0);
+    }
+    __syncthreads();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int buf = static_cast<int>(c & 1);
+      if (c + 1 < chunks) fetch(c + 1);  // in flight during the mma's
+#pragma unroll
+      for (int ks = 0; ks < kFeatures / Op::k; ++ks) {
+        FragA fa[2];
+        FragB fb[2];
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+          wmma::load_matrix_sync(fa[f], &s.a[buf][wm * 32 + 16 * f][ks * Op::k], kLd);
+          wmma::load_matrix_sync(fb[f], &s.b[buf][wn * 32 + 16 * f][ks * Op::k], kLd);
+        }
+#pragma unroll
+        for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+          for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
+      }
+      if (c + 1 < chunks) put(c + 1, buf ^ 1);
+      __syncthreads();
+    }
+
+    // Row terms: the two staging threads of a row are lanes 2r and 2r + 1 of one warp.
+    a_term += __shfl_xor_sync(0xffffffffu, a_term, 1);
+    b_term += __shfl_xor_sync(0xffffffffu, b_term, 1);
+    if (shalf == 0) {
+      s.row[srow] = a_term;
+      s.col[srow] = b_term;
+    }
+    __syncthreads();
 
     // Epilogue: each accumulator fragment through the warp's scratch tile (the fragment layout
     // is opaque), then row + col + alpha acc, clamped at 0 (NaN passes), to global memory; with

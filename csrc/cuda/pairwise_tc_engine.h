@@ -4,6 +4,12 @@
 // features computed while staging, double-buffered shared memory, wmma products. What a kernel
 // does with the finished accumulators (its epilogue) is its own. The design is pairwise_tc.cu's
 // header comment and docs/design.md, "The engine".
+//
+// pairwise_forward_tc_kernel keeps its own inline copy of tile_products' loop: called through
+// the function, its csd float32 instantiation spills 8 bytes at the 255-register limit (254
+// registers and no spill inline; scripts/cuda_resources.py fails on any spill). The two copies
+// must stay the same arithmetic: tests/test_cuda_emu_topk.py asserts the fused top-k is bit for
+// bit a stable sort of the pairwise tensor-core matrix.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -116,17 +122,24 @@ constexpr int stage_ld() {
 template <typename Op>
 using TileAcc = tc_wmma::fragment<tc_wmma::accumulator, 16, 16, Op::k, float>;
 
-// The main loop of output tile (i0, j0): a = rows [i0, i0 + 64) of (a_mu, a_lv) (n rows in all),
-// b = rows [j0, j0 + 64) of (b_mu, b_lv) (m rows); acc[fi][fj] gets the products of warp
+// Feature chunks of a row of `dim` dimensions (tile_products' `chunks`, computed once a kernel).
+template <Metric kMetric>
+__host__ __device__ constexpr int64_t feature_chunks(int64_t dim) {
+  constexpr int kDims = kFeatures / Form<kMetric>::width;
+  return (dim + kDims - 1) / kDims;
+}
+
+// The main loop of output tile (i0, j0) of the kernel arguments `args` (the kernel's own
+// parameter: Input<S> a_mu, a_lv, b_mu, b_lv and int64_t n, m, dim; read in place rather than
+// copied, as the kernel would): a = rows [i0, i0 + 64) of (a_mu, a_lv) (n rows in all), b =
+// rows [j0, j0 + 64) of (b_mu, b_lv) (m rows), chunks = feature_chunks<kMetric>(dim); acc[fi][fj] gets the products of warp
 // (wm, wn)'s fragment (32 wm + 16 fi, 32 wn + 16 fj), and row[r] / col[c] the row terms of a row
 // i0 + r / b row j0 + c (0 past n / m), visible to the whole block on return (the last statement
 // is a __syncthreads). Called by all kThreads threads; sa / sb are the double-buffered staging
 // arrays, free again on return.
-template <Metric kMetric, typename S, typename Op, int kLd>
-__device__ __forceinline__ void tile_products(const Input<S>& in_a_mu, const Input<S>& in_a_lv,
-                                              const Input<S>& in_b_mu, const Input<S>& in_b_lv,
-                                              int64_t n, int64_t m, int64_t dim, int64_t i0,
-                                              int64_t j0, typename Op::smem (&sa)[2][kTile][kLd],
+template <Metric kMetric, typename S, typename Op, int kLd, typename Args>
+__device__ __forceinline__ void tile_products(const Args& args, int64_t chunks, int64_t i0, int64_t j0,
+                                              typename Op::smem (&sa)[2][kTile][kLd],
                                               typename Op::smem (&sb)[2][kTile][kLd],
                                               float (&row)[kTile], float (&col)[kTile],
                                               TileAcc<Op> (&acc)[2][2]) {
@@ -142,9 +155,8 @@ __device__ __forceinline__ void tile_products(const Input<S>& in_a_mu, const Inp
   const int wm = warp / 2, wn = warp % 2;
   const int srow = tid / 2;        // the staging thread's row of A and of B
   const int shalf = tid % 2;       // and its half of the chunk's dimensions
-  const int64_t chunks = (dim + kDims - 1) / kDims;
-  const bool a_valid = i0 + srow < n;
-  const bool b_valid = j0 + srow < m;
+  const bool a_valid = i0 + srow < args.n;
+  const bool b_valid = j0 + srow < args.m;
 
 #pragma unroll
   for (int fi = 0; fi < 2; ++fi)
@@ -160,12 +172,12 @@ __device__ __forceinline__ void tile_products(const Input<S>& in_a_mu, const Inp
 #pragma unroll
     for (int u = 0; u < kRun; ++u) a_mu[u] = a_lv[u] = b_mu[u] = b_lv[u] = 0.0f;
     if (a_valid) {
-      load_run(in_a_mu, i0 + srow, d0, dim, a_mu);
-      if constexpr (F::needs_logvar) load_run(in_a_lv, i0 + srow, d0, dim, a_lv);
+      load_run(args.a_mu, i0 + srow, d0, args.dim, a_mu);
+      if constexpr (F::needs_logvar) load_run(args.a_lv, i0 + srow, d0, args.dim, a_lv);
     }
     if (b_valid) {
-      load_run(in_b_mu, j0 + srow, d0, dim, b_mu);
-      if constexpr (F::needs_logvar) load_run(in_b_lv, j0 + srow, d0, dim, b_lv);
+      load_run(args.b_mu, j0 + srow, d0, args.dim, b_mu);
+      if constexpr (F::needs_logvar) load_run(args.b_lv, j0 + srow, d0, args.dim, b_lv);
     }
   };
   // Features of the fetched chunk into buffer `buf`; padding dimensions give zero features.
@@ -174,7 +186,7 @@ __device__ __forceinline__ void tile_products(const Input<S>& in_a_mu, const Inp
     float a_part = 0.0f, b_part = 0.0f;
 #pragma unroll
     for (int u = 0; u < kRun; ++u) {
-      const bool in_dim = d0 + u < dim;
+      const bool in_dim = d0 + u < args.dim;
       float fa[kW], fb[kW];
       const float ta = F::template features<false>(a_mu[u], a_lv[u], fa);
       const float tb = F::template features<true>(b_mu[u], b_lv[u], fb);

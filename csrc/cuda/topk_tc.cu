@@ -112,10 +112,11 @@ __device__ __forceinline__ void warp_insert(float* key, I* idx, int k, float ck,
 // ---------------------------------------------------------------------------------------------
 // The fused kernel.
 
+// The engine's names (tile_products reads them): a = the queries (n of them), b = the gallery (m).
 template <typename S>
 struct TopkTcArgs {
-  Input<S> q_mu, q_lv, g_mu, g_lv;
-  int64_t q, n, dim;
+  Input<S> a_mu, a_lv, b_mu, b_lv;
+  int64_t n, m, dim;
   int k;
   int64_t splits, gallery_tiles;
   int64_t* ws_idx;   // splits > 1: [q][splits][k]
@@ -176,6 +177,7 @@ __global__ void __launch_bounds__(kThreads) topk_tc_kernel(const TopkTcArgs<S> a
   const int64_t t_begin = split * args.gallery_tiles / args.splits;
   const int64_t t_end = (split + 1) * args.gallery_tiles / args.splits;
   const int64_t local0 = t_begin * kTile;  // gallery index of local index 0
+  const int64_t chunks = feature_chunks<kMetric>(args.dim);
 
   for (int e = tid; e < kTile * kList; e += kThreads) {
     lkey[e / kList][e % kList] = nanf("");
@@ -186,8 +188,7 @@ __global__ void __launch_bounds__(kThreads) topk_tc_kernel(const TopkTcArgs<S> a
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t j0 = t * kTile;
     TileAcc<Op> acc[2][2];
-    tile_products<kMetric, S, Op, L::ld>(args.q_mu, args.q_lv, args.g_mu, args.g_lv, args.q,
-                                         args.n, args.dim, i0, j0, sa, sb, row, col, acc);
+    tile_products<kMetric, S, Op, L::ld>(args, chunks, i0, j0, sa, sb, row, col, acc);
     // The staging arrays are free (tile_products ended on a barrier): the accumulators go there.
 #pragma unroll
     for (int fi = 0; fi < 2; ++fi)
@@ -200,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) topk_tc_kernel(const TopkTcArgs<S> a
     const int c_local0 = static_cast<int>(j0 - local0);
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;
-      if (i0 + r >= args.q) break;  // warp-uniform
+      if (i0 + r >= args.n) break;  // warp-uniform
       float* key = lkey[r];
       int* idx = lidx[r];
 #pragma unroll
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) topk_tc_kernel(const TopkTcArgs<S> a
         const int c = lane + 32 * h;
         float d = 0.0f;
         bool better = false;
-        if (j0 + c < args.n) {
+        if (j0 + c < args.m) {
           const float v = row[r] + col[c] + F::alpha * score[r][c];  // pairwise_tc.cu's epilogue
           d = v < 0.0f ? 0.0f : v;
           better = entry_less(d, c_local0 + c, key[k - 1], idx[k - 1]);
@@ -229,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) topk_tc_kernel(const TopkTcArgs<S> a
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int r = warp * kRowsPerWarp + rr;
     const int64_t i = i0 + r;
-    if (i >= args.q) break;
+    if (i >= args.n) break;
     for (int p = lane; p < k; p += 32) {
       const float kv = lkey[r][p];
       const int iv = lidx[r][p];
@@ -345,19 +346,19 @@ void launch_sized(const TopkParams& p, const TcPlan& plan, cudaStream_t stream) 
   using L = TopkTcLayout<Op, kList>;
   const bool lv = Form<kMetric>::needs_logvar;
   TopkTcArgs<S> args;
-  args.q_mu = input<S>(p.q_mean, true);
-  args.q_lv = input<S>(p.q_logvar, lv);
-  args.g_mu = input<S>(p.g_mean, true);
-  args.g_lv = input<S>(p.g_logvar, lv);
-  args.q = p.q_mean.rows;
-  args.n = p.g_mean.rows;
+  args.a_mu = input<S>(p.q_mean, true);
+  args.a_lv = input<S>(p.q_logvar, lv);
+  args.b_mu = input<S>(p.g_mean, true);
+  args.b_lv = input<S>(p.g_logvar, lv);
+  args.n = p.q_mean.rows;
+  args.m = p.g_mean.rows;
   args.dim = p.q_mean.cols;
   args.k = static_cast<int>(p.k);
   args.splits = plan.splits;
   args.gallery_tiles = plan.gallery_tiles;
   args.ws_idx = static_cast<int64_t*>(p.workspace);
   args.ws_key = plan.splits > 1
-                    ? reinterpret_cast<float*>(args.ws_idx + args.q * plan.splits * p.k)
+                    ? reinterpret_cast<float*>(args.ws_idx + args.n * plan.splits * p.k)
                     : nullptr;
   args.values = static_cast<float*>(p.values.data);
   args.v_row_stride = p.values.row_stride;
@@ -377,7 +378,7 @@ void launch_sized(const TopkParams& p, const TcPlan& plan, cudaStream_t stream) 
   MergeArgs m;
   m.ws_idx = args.ws_idx;
   m.ws_key = args.ws_key;
-  m.q = args.q;
+  m.q = args.n;
   m.splits = plan.splits;
   m.k = args.k;
   m.values = args.values;
@@ -386,7 +387,7 @@ void launch_sized(const TopkParams& p, const TcPlan& plan, cudaStream_t stream) 
   m.indices = args.indices;
   m.i_row_stride = args.i_row_stride;
   m.i_col_stride = args.i_col_stride;
-  const unsigned blocks = static_cast<unsigned>((args.q + kMergeWarps - 1) / kMergeWarps);
+  const unsigned blocks = static_cast<unsigned>((args.n + kMergeWarps - 1) / kMergeWarps);
   topk_tc_merge_kernel<<<blocks, kMergeThreads, 0, stream>>>(m);
   PCMEKIT_CUDA_LAUNCH_CHECK(stream);
 }
