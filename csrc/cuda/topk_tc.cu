@@ -29,7 +29,8 @@
 // arrive in increasing index order and a candidate must beat the k-th entry strictly, so the
 // lower index of equal scores survives; the splits are merged on (key, global index).
 //
-// Splits (splits_for): enough blocks for ~4 per SM, each split at least kMinTilesPerSplit tiles.
+// Splits (tc_plan): ~16 blocks an SM (with 2-5 resident, the last partial wave costs little),
+// each split at least kMinTilesPerSplit tiles.
 // With one split the lists go straight to `values` / `indices`; with S > 1 each block writes its
 // rows' lists to the workspace [Q, S, k] (int64 indices, then float keys; an empty entry as
 // (NaN, INT64_MAX)) and merge_kernel, one warp a query row, merges the S sorted lists with the
@@ -62,7 +63,7 @@ constexpr int kRowsPerWarp = kTile / kWarps;      // rows a warp ranks
 constexpr int kNoLocal = INT_MAX;                 // index of an empty entry in shared memory
 constexpr int64_t kNoIndex = INT64_MAX;           // and in the workspace
 constexpr int64_t kMinTilesPerSplit = 4;          // gallery tiles a block walks at least
-constexpr int64_t kBlocksPerSm = 4;               // blocks the splits aim for
+constexpr int64_t kBlocksPerSm = 16;              // blocks the splits aim for (~8 waves)
 constexpr int64_t kMaxSplits = 65535;             // grid y
 constexpr int kMergeWarps = 4;                    // query rows per merge block
 constexpr int kMergeThreads = 32 * kMergeWarps;
