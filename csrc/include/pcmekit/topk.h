@@ -14,7 +14,8 @@
 // NaN score last (the CPU kernel like +inf, the CUDA kernel after +inf; either way by index among
 // equals).
 //
-// Front end: core/topk.cpp (validation, device dispatch); kernels: cpu/topk.cpp, cuda/topk.cu.
+// Front end: core/topk.cpp (validation, device dispatch); kernels: cpu/topk.cpp, cuda/topk.cu,
+// cuda/topk_tc.cu (k <= 64 fused into the tensor-core engine, see `precision` below).
 #pragma once
 
 #include <cstdint>

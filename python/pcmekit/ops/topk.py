@@ -148,6 +148,12 @@ def topk(
     ranks without the per-query constant of the inner-product form and adds it to the k survivors
     only, so a value can differ from ``pairwise_distance``'s entry in its last bits.
 
+    On CUDA, float32 inputs follow ``torch.get_float32_matmul_precision()`` as
+    :func:`pcmekit.pairwise_distance` does (read when the search runs): "highest" keeps full
+    float32 accuracy, "high"/"medium" score csd, w2, l2 and kl on TF32 tensor cores (16-bit csd
+    and l2 use them in every mode); there, for k <= 64, the ranking is fused into the tensor-core
+    kernel and the values are exactly ``pairwise_distance``'s entries.
+
     The gallery is streamed through the kernel in tiles; the ``[Q, N]`` score matrix is never
     stored (extra memory is ``O(threads * Q * k)`` plus tiles on the CPU). k may be anything from
     1 to N on the CPU and up to ``pcmekit.build_info()["cuda_max_topk"]`` (1024) on CUDA. Not
