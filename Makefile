@@ -116,7 +116,8 @@ cuda-build: env
 #                    (the same tests under ASan+UBSan are part of make sanitize, which CI runs
 #                    instead of this target)
 EMU_DIR ?= build/cuda-emu
-EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuda_emu_tc.py tests/test_cuda_emu_bce.py tests/test_cuda_emu_match_prob_tc.py tests/test_cuemu_selftest.py
+EMU_TESTS ?= tests/test_cuda_emu.py tests/test_cuda_emu_tc.py tests/test_cuda_emu_topk.py tests/test_cuda_emu_bce.py \
+  tests/test_cuda_emu_match_prob_tc.py tests/test_cuemu_selftest.py
 NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 
 # emu_build DIR EXTRA-CMAKE-ARGS: the emulated extension, installed into DIR/site

@@ -21,7 +21,7 @@ pcmekit::TopkParams make_params(int score, int metric, const ViewTuple& q_mean,
                                 const OptView& q_logvar, const ViewTuple& g_mean,
                                 const OptView& g_logvar, const OptView& eps_q,
                                 const OptView& eps_g, int64_t num_samples, double scale,
-                                double shift, bool squared, int64_t k) {
+                                double shift, bool squared, int64_t k, int precision) {
   pcmekit::TopkParams p;
   p.score = static_cast<pcmekit::TopkScore>(score);
   p.metric = static_cast<pcmekit::Metric>(metric);
@@ -36,6 +36,7 @@ pcmekit::TopkParams make_params(int score, int metric, const ViewTuple& q_mean,
   p.shift = shift;
   p.squared = squared;
   p.k = k;
+  p.precision = static_cast<pcmekit::MatmulPrecision>(precision);  // the core checks the code
   return p;
 }
 
@@ -44,9 +45,9 @@ void topk_py(int score, int metric, const ViewTuple& q_mean, const OptView& q_lo
              const OptView& eps_g, int64_t num_samples, double scale, double shift, bool squared,
              int64_t k, const ViewTuple& values, const ViewTuple& indices, uintptr_t workspace,
              int64_t workspace_bytes, int num_threads, uintptr_t stream, const OptView& g_packed,
-             const OptView& g_terms, int64_t g_layout_tag) {
+             const OptView& g_terms, int64_t g_layout_tag, int precision) {
   pcmekit::TopkParams p = make_params(score, metric, q_mean, q_logvar, g_mean, g_logvar, eps_q,
-                                      eps_g, num_samples, scale, shift, squared, k);
+                                      eps_g, num_samples, scale, shift, squared, k, precision);
   p.g_packed = to_view(g_packed, "g_packed");
   p.g_terms = to_view(g_terms, "g_terms");
   p.g_layout_tag = g_layout_tag;
@@ -62,10 +63,11 @@ void topk_py(int score, int metric, const ViewTuple& q_mean, const OptView& q_lo
 
 int64_t topk_workspace_bytes_py(int score, int metric, const ViewTuple& q_mean,
                                 const OptView& q_logvar, const ViewTuple& g_mean,
-                                const OptView& g_logvar, int64_t num_samples, int64_t k) {
+                                const OptView& g_logvar, int64_t num_samples, int64_t k,
+                                int precision) {
   const pcmekit::TopkParams p = make_params(score, metric, q_mean, q_logvar, g_mean, g_logvar,
                                             std::nullopt, std::nullopt, num_samples, 1.0, 0.0,
-                                            false, k);
+                                            false, k, precision);
   return pcmekit::topk_workspace_bytes(p);
 }
 
@@ -98,12 +100,12 @@ void register_topk(py::module_& m) {
         py::arg("squared"), py::arg("k"), py::arg("values"), py::arg("indices"),
         py::arg("workspace"), py::arg("workspace_bytes"), py::arg("num_threads"),
         py::arg("stream"), py::arg("g_packed") = std::nullopt, py::arg("g_terms") = std::nullopt,
-        py::arg("g_layout_tag") = 0);
+        py::arg("g_layout_tag") = 0, py::arg("precision") = 0);
   m.def("topk_prepared_layout", &topk_prepared_layout_py, py::arg("metric"), py::arg("dtype"),
         py::arg("n"), py::arg("d"));
   m.def("topk_prepare_gallery", &topk_prepare_gallery_py, py::arg("metric"), py::arg("g_mean"),
         py::arg("g_logvar"), py::arg("packed"), py::arg("terms"), py::arg("num_threads"));
   m.def("topk_workspace_bytes", &topk_workspace_bytes_py, py::arg("score"), py::arg("metric"),
         py::arg("q_mean"), py::arg("q_logvar"), py::arg("g_mean"), py::arg("g_logvar"),
-        py::arg("num_samples"), py::arg("k"));
+        py::arg("num_samples"), py::arg("k"), py::arg("precision") = 0);
 }

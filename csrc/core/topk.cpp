@@ -49,6 +49,7 @@ void check_inputs(const TopkParams& p) {
   const bool match = p.score == TopkScore::MatchProb;
   PCMEKIT_CHECK(p.score == TopkScore::Distance || match, "unknown top-k score code ",
                 static_cast<int>(p.score));
+  detail::check_matmul_precision(p.precision);
   const int metric_code = static_cast<int>(p.metric);
   PCMEKIT_CHECK(match || (metric_code >= 0 && metric_code <= static_cast<int>(kLastMetric)),
                 "unknown metric code ", metric_code);
@@ -111,6 +112,7 @@ void topk_prepare_gallery(const TopkPrepareParams& p) {
 }
 
 int64_t topk_workspace_bytes(const TopkParams& p) {
+  detail::check_matmul_precision(p.precision);
   if (p.q_mean.device != Device::CUDA) return 0;
 #ifdef PCMEKIT_WITH_CUDA
   return cuda::topk_workspace_bytes(p);

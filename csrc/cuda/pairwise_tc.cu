@@ -47,6 +47,7 @@
 #include "cuda/bce_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/pairwise_tc.h"
+#include "cuda/pairwise_tc_engine.h"
 #include "cuda/tc_ops.h"
 #include "pcmekit/bce.h"
 
@@ -54,61 +55,12 @@ namespace pcmekit::cuda {
 namespace {
 
 namespace wmma = nvcuda::wmma;
+using namespace tc;  // the forward engine (pairwise_tc_engine.h)
 
-constexpr int kTile = 64;        // output rows and columns per block
-constexpr int kWarps = 4;        // 2 x 2 warps, 32 x 32 outputs each
-constexpr int kThreads = kWarps * 32;
-constexpr int kFeatures = 32;    // features per staged chunk
-constexpr int kScratchLd = 20;   // per-warp 16 x 16 epilogue tile, padded (80-byte rows)
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-static_assert(kThreads == 2 * kTile, "two staging threads per row");
-
-// ---------------------------------------------------------------------------------------------
-// The features and row terms of one dimension (mu, lv) of a row, per metric and side.
-
-template <Metric kMetric>
-struct Form {
-  static constexpr int width = (kMetric == Metric::W2 || kMetric == Metric::KL) ? 2 : 1;
-  static constexpr bool needs_logvar = kMetric != Metric::L2;
-  static constexpr float alpha = kMetric == Metric::KL ? 1.0f : -2.0f;
-
-  // Writes the dimension's features to f and returns its contribution to the row term.
-  template <bool kSideB>
-  __device__ __forceinline__ static float features(float mu, float lv, float (&f)[width]) {
-    if constexpr (kMetric == Metric::L2) {
-      f[0] = mu;
-      return mu * mu;
-    } else if constexpr (kMetric == Metric::CSD) {
-      f[0] = mu;
-      return mu * mu + expf(lv);
-    } else if constexpr (kMetric == Metric::W2) {
-      const float var = expf(lv);
-      f[0] = mu;
-      f[width - 1] = sqrtf(var);
-      return mu * mu + var;
-    } else if constexpr (!kSideB) {  // kl, a side
-      const float var = expf(lv);
-      f[0] = var + mu * mu;
-      f[width - 1] = mu;
-      return -0.5f * lv - 0.5f;
-    } else {  // kl, b side
-      const float inv = 1.0f / expf(lv);
-      f[0] = 0.5f * inv;
-      f[width - 1] = -mu * inv;
-      return 0.5f * (mu * mu * inv + lv);
-    }
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Arguments and shared memory.
-
-template <typename S>
-struct Input {
-  const S* data;   // null: absent (l2's logvar)
-  int64_t row_stride, col_stride;
-  bool vec;        // row-contiguous, 16-byte aligned base and row stride: 16-byte loads allowed
-};
 
 // The fused BCE of pairwise_bce (bce_math.h): the epilogue writes dloss/ddistance to `out`
 // instead of the distance, and each block its (loss, q, qd) sums to partials[3 blockIdx.x ..].
@@ -141,30 +93,6 @@ struct alignas(128) TcSmem {
   // main loop already holds the prefetch registers), then the block's tree over them.
   double bce[kBce ? 3 : 1][kBce ? kThreads : 1];
 };
-
-// Loads kN consecutive dimensions [d0, d0 + kN) of a row as floats; dimensions past `dim`
-// read as 0. 16-byte vector loads when the input allows and the run is whole.
-template <int kN, typename S>
-__device__ __forceinline__ void load_run(const Input<S>& in, int64_t row, int64_t d0, int64_t dim,
-                                         float (&out)[kN]) {
-  const S* base = in.data + row * in.row_stride;
-  constexpr int kPer = 16 / static_cast<int>(sizeof(S));
-  static_assert(kN % kPer == 0, "whole 16-byte vectors");
-  if (in.vec && d0 + kN <= dim) {
-#pragma unroll
-    for (int v = 0; v < kN / kPer; ++v) {
-      const uint4 w = *reinterpret_cast<const uint4*>(base + d0 + v * kPer);
-      S e[kPer];
-      memcpy(e, &w, sizeof w);
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) out[v * kPer + u] = to_float(e[u]);
-    }
-  } else {
-#pragma unroll
-    for (int u = 0; u < kN; ++u)
-      out[u] = d0 + u < dim ? to_float(base[(d0 + u) * in.col_stride]) : 0.0f;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The kernel.
@@ -634,14 +562,6 @@ __global__ void __launch_bounds__(kThreads) pairwise_backward_tc_kernel(const Bw
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-template <typename S>
-Input<S> input(const MatrixView& v, bool present) {
-  Input<S> in{present ? static_cast<const S*>(v.data) : nullptr, v.row_stride, v.col_stride, false};
-  in.vec = present && v.col_stride == 1 && (v.row_stride * int64_t(sizeof(S))) % 16 == 0 &&
-           reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0;
-  return in;
-}
-
 // bce == nullptr: the plain forward; else the fused BCE of pairwise_bce (p = bce->forward).
 template <Metric kMetric, typename S, typename Op>
 void launch(const PairwiseForwardParams& p, const PairwiseBceParams* bce, cudaStream_t stream) {
@@ -754,6 +674,7 @@ void launch_backward_storage(const PairwiseBackwardParams& p, cudaStream_t strea
   }
 }
 
+}  // namespace
 
 // The rule of docs/design.md's precision table, the same for forward and backward: float32 on
 // tensor cores only when TF32 is allowed; 16-bit csd / l2 always (exact features); 16-bit w2 / kl
@@ -775,8 +696,6 @@ bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, i
   }
   return device_has_tensor_cores(device);
 }
-
-}  // namespace
 
 bool device_has_tensor_cores(int device) {
   static int major[64] = {};

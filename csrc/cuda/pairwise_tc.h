@@ -4,8 +4,14 @@
 
 #include "pcmekit/bce.h"
 #include "pcmekit/pairwise.h"
+#include "pcmekit/precision.h"
 
 namespace pcmekit::cuda {
+
+// The rule of docs/design.md's precision table: whether the engine takes `metric` on inputs of
+// `dtype` under `precision` on CUDA device `device` (the same for forward, backward, the fused
+// BCE and the fused top-k).
+bool tensor_cores_apply(Metric metric, DType dtype, MatmulPrecision precision, int device);
 
 // Runs the forward pass on tensor cores and returns true when the engine applies to `p` (metric,
 // dtype, matmul precision, device capability); returns false, having done nothing, otherwise,

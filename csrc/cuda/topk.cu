@@ -1,4 +1,7 @@
 // CUDA back end of the top-k retrieval op (pcmekit/topk.h): score tiles, then a k-selection pass.
+// Where the tensor-core engine applies and k <= 64 (csd / w2 / l2 / kl under the precision
+// table, topk_tensor_cores_apply), topk_tc.cu ranks in the engine's epilogue instead and nothing
+// below runs; the tile path scores its tiles with the caller's matmul precision.
 //
 // For every query, the k gallery items of smallest distance (or largest match probability),
 // with ties to the lower gallery index, without ever holding the Q x N score matrix:
@@ -49,6 +52,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/topk_tc.h"
 #include "pcmekit/match_prob.h"
 #include "pcmekit/pairwise.h"
 #include "pcmekit/topk.h"
@@ -349,6 +353,7 @@ void run(const TopkParams& p, const Plan& plan, cudaStream_t stream) {
         pp.b_logvar = row_slice(p.g_logvar, n0, n1);
         pp.out = tile;
         pp.metric = p.metric;
+        pp.precision = p.precision;  // tensor-core tiles under high / medium (pairwise's rule)
         pp.stream = p.stream;
         cuda::pairwise_forward(pp);
       }
@@ -378,9 +383,13 @@ void run(const TopkParams& p, const Plan& plan, cudaStream_t stream) {
 
 }  // namespace
 
-int64_t topk_workspace_bytes(const TopkParams& p) { return make_plan(p).total_bytes; }
+int64_t topk_workspace_bytes(const TopkParams& p) {
+  if (topk_tensor_cores_apply(p)) return topk_tensor_cores_workspace_bytes(p);
+  return make_plan(p).total_bytes;
+}
 
 void topk(const TopkParams& p) {
+  if (topk_tensor_cores_apply(p)) return topk_tensor_cores(p);
   const Plan plan = make_plan(p);
   if (plan.total_bytes == 0) return;  // Q == 0: nothing to write
   // The front end validates; these guard the kernels' shared-memory sizing and the workspace.

@@ -148,6 +148,7 @@ def topk(
     g_packed: Optional[ViewTuple] = None,  # [1, packed elements] from topk_prepare_gallery (CPU)
     g_terms: Optional[ViewTuple] = None,  # [N, 1] from topk_prepare_gallery
     g_layout_tag: int = 0,  # topk_prepared_layout(...)[1] of that preparation
+    precision: int = 0,  # float32 matmul precision on CUDA: 0 highest, 1 high, 2 medium (CPU ignores)
 ) -> None: ...
 def topk_prepared_layout(metric: int, dtype: int, n: int, d: int) -> Tuple[int, int]:
     """(packed elements, layout tag) of a prepared CPU gallery (csd, w2, l2, kl; float32/64)."""
@@ -168,6 +169,7 @@ def topk_workspace_bytes(
     g_logvar: Optional[ViewTuple],
     num_samples: int,
     k: int,
+    precision: int = 0,  # as topk's: where it picks the fused tensor-core path, its workspace
 ) -> int: ...
 def adamp_step(
     algorithm: int,  # 0 AdamP, 1 SGDP

@@ -14,12 +14,14 @@
 // NaN score last (the CPU kernel like +inf, the CUDA kernel after +inf; either way by index among
 // equals).
 //
-// Front end: core/topk.cpp (validation, device dispatch); kernels: cpu/topk.cpp, cuda/topk.cu.
+// Front end: core/topk.cpp (validation, device dispatch); kernels: cpu/topk.cpp, cuda/topk.cu,
+// cuda/topk_tc.cu (k <= 64 fused into the tensor-core engine, see `precision` below).
 #pragma once
 
 #include <cstdint>
 
 #include "pcmekit/metrics.h"
+#include "pcmekit/precision.h"
 #include "pcmekit/view.h"
 
 namespace pcmekit {
@@ -54,6 +56,11 @@ struct TopkParams {
   MatrixView g_packed;      // [1, TopkPreparedLayout::packed_elements]
   MatrixView g_terms;       // [N, 1]
   int64_t g_layout_tag = 0; // TopkPreparedLayout::tag of the preparation
+
+  // CUDA, score == Distance: the float32 matmul precision, by pairwise's rule (precision.h,
+  // docs/design.md's table): where it puts csd / w2 / l2 / kl on tensor cores, k <= 64 ranks in
+  // the engine's epilogue (cuda/topk_tc.cu) and larger k scores its tiles there. The CPU ignores it.
+  MatmulPrecision precision = MatmulPrecision::Highest;
 
   int64_t k = 1;        // 1 <= k <= N (and <= kCudaMaxTopk on CUDA)
   MatrixView values;    // [Q, k], written: float32 for float16/bfloat16 inputs, else input dtype

@@ -71,7 +71,8 @@ def _topk_kernel(
     flat_g = None if eps_g is None else eps_g.reshape(-1, eps_g.shape[2])
     views = (matrix_view(q_mean), matrix_view(q_logvar), matrix_view(g_mean), matrix_view(g_logvar))
     workspace = None
-    need = 0 if q_mean.device.type == "cpu" else _core.topk_workspace_bytes(score, metric_code, *views, j, k)
+    precision = _core.matmul_precision_code()  # read when the op runs, as pairwise does
+    need = 0 if q_mean.device.type == "cpu" else _core.topk_workspace_bytes(score, metric_code, *views, j, k, precision)
     if need > 0:
         workspace = torch.empty(need, dtype=torch.uint8, device=q_mean.device)
     _core.topk(
@@ -91,6 +92,7 @@ def _topk_kernel(
         need,
         get_num_threads(),
         stream_handle(q_mean.device),
+        precision=precision,
     )
     return values, indices
 
@@ -145,6 +147,12 @@ def topk(
     pairwise / match-probability ops compute, up to rounding: for csd, w2, l2 and kl the kernel
     ranks without the per-query constant of the inner-product form and adds it to the k survivors
     only, so a value can differ from ``pairwise_distance``'s entry in its last bits.
+
+    On CUDA, float32 inputs follow ``torch.get_float32_matmul_precision()`` as
+    :func:`pcmekit.pairwise_distance` does (read when the search runs): "highest" keeps full
+    float32 accuracy, "high"/"medium" score csd, w2, l2 and kl on TF32 tensor cores (16-bit csd
+    and l2 use them in every mode); there, for k <= 64, the ranking is fused into the tensor-core
+    kernel and the values are exactly ``pairwise_distance``'s entries.
 
     The gallery is streamed through the kernel in tiles; the ``[Q, N]`` score matrix is never
     stored (extra memory is ``O(threads * Q * k)`` plus tiles on the CPU). k may be anything from
