@@ -126,3 +126,26 @@ def test_pcmepp_loss_under_autocast():
     assert torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(proj.weight.grad).all()
+
+
+@pytest.mark.parametrize("metric", ["csd", "l2", "match_prob"])
+def test_topk_bf16_inputs_search_in_float32(metric):
+    """Outside autocast the CPU refuses 16-bit inputs; under it they are searched as float32."""
+    a_mu, a_lv, b_mu, b_lv = pair(n=5, m=40)
+    kwargs = {}
+    if metric == "match_prob":
+        g = torch.Generator().manual_seed(4)
+        kwargs = dict(scale=5.0, shift=2.0, num_samples=3, eps_q=torch.randn(5, 3, 8, generator=g).to(BF16),
+                      eps_g=torch.randn(40, 3, 8, generator=g))
+    q16 = a_mu.to(BF16)
+    with pytest.raises(TypeError):
+        pcmekit.topk(q16, a_lv, b_mu, b_lv, 4, metric=metric, **kwargs)
+    with autocast():
+        values, indices = pcmekit.topk(q16, a_lv.to(BF16), b_mu, b_lv, 4, metric=metric, **kwargs)
+        direct = torch.ops.pcmekit.topk(q16, a_lv.to(BF16), b_mu, b_lv, kwargs.get("eps_q"), kwargs.get("eps_g"),
+                                        4, metric, kwargs.get("scale", 0.0), kwargs.get("shift", 0.0), False)
+    float_kwargs = {key: (v.float() if isinstance(v, torch.Tensor) else v) for key, v in kwargs.items()}
+    want = pcmekit.topk(q16.float(), a_lv.to(BF16).float(), b_mu, b_lv, 4, metric=metric, **float_kwargs)
+    assert values.dtype == torch.float32 and indices.dtype == torch.int64
+    for got in ((values, indices), direct):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -20,6 +20,7 @@ from ._args import (
     HALF,
     METRICS,
     as_int,
+    autocast_float32,
     check_bool,
     check_eps,
     check_metric,
@@ -29,6 +30,7 @@ from ._args import (
     draw_eps,
     out_dtype,
     prepare_pair,
+    register_autocast_float32,
     unpack_pair,
 )
 from .match_prob import match_prob_scalar
@@ -102,6 +104,7 @@ def _topk_kernel(
 # a small search: eager calls run the kernel function itself (``_eager``). topk has no autograd
 # formula either way (it returns indices).
 topk_op = torch.library.custom_op("pcmekit::topk", _topk_kernel, mutates_args=())
+register_autocast_float32(topk_op)
 
 
 def _eager(tensors: Tuple[Optional[torch.Tensor], ...]) -> bool:
@@ -164,11 +167,16 @@ def topk(
         ValueError: k < 1 or k > N (or above the CUDA limit on CUDA), wrong ndim, mismatched D,
             mixed devices, unknown metric, missing logvar or match-probability arguments, NaN in any input (not
             checked inside torch.compile, where the scan would break the graph).
-        TypeError: non-floating or mixed dtypes, 16-bit dtypes on the CPU, non-int k.
+        TypeError: non-floating or mixed dtypes, 16-bit dtypes on the CPU (outside autocast),
+            non-int k.
+
+    Under ``torch.autocast`` 16-bit inputs are searched as float32, like the other ops' (docs/design.md,
+    "Autocast"): a CPU autocast search then runs, and a CUDA one ranks the float32 distances.
     """
     q_mean, q_logvar, g_mean, g_logvar, (k_slot, metric_slot) = unpack_pair(
         q_mean, q_logvar, g_mean, g_logvar, b_name="g_mean"
     )
+    q_mean, q_logvar, g_mean, g_logvar, eps_q, eps_g = autocast_float32(q_mean, q_logvar, g_mean, g_logvar, eps_q, eps_g)
     # topk(queries, gallery, k, metric): the positional slots of g_mean and g_logvar hold k and metric.
     if k_slot is not None:
         if k is not None:
