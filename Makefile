@@ -11,11 +11,12 @@ PCMEKIT_CUDA ?= OFF
 PYTEST_ARGS ?=
 DEMO_OUT ?= results/demo
 WHEEL_DIR ?= dist
-# make sanitize: its own build folder, and the tests it runs (the CPU kernels', then the emulated
-# CUDA back end's: EMU_TESTS below)
+# make sanitize: its own build folder, and the tests it runs: the CPU kernels' and the emulated
+# CUDA back end's (EMU_TESTS below), as two pytest processes side by side (about the same length
+# each; one pytest uses one core, and CI has two)
 SANITIZE_DIR ?= build/sanitize
-SANITIZE_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py \
-  tests/test_optim_fused.py $(EMU_TESTS)
+SANITIZE_CPU_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py \
+  tests/test_optim_fused.py
 CXX ?= g++
 
 .PHONY: all env wheel build test audit typecheck sanitize demo bench openclip-example cuda-build cuda-emu cuda-emu-build cuda-resources clean
@@ -74,13 +75,19 @@ typecheck: env
 # hence no leak check. Any ASan or UBSan report aborts the run.
 SANITIZE_CMAKE_ARGS := -Ccmake.build-type=RelWithDebInfo -Ccmake.define.PCMEKIT_SANITIZE=ON \
   "-Ccmake.define.CMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
+SANITIZE_PYTEST = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  PYTHONPATH=$(SANITIZE_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(SANITIZE_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
+  PCMEKIT_CUEMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider
 sanitize: env
 	$(call emu_build,$(SANITIZE_DIR),$(SANITIZE_CMAKE_ARGS))
-	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  PYTHONPATH=$(SANITIZE_DIR)/site PCMEKIT_TEST_INSTALLED_IN=$(SANITIZE_DIR)/site PCMEKIT_REQUIRE_CUEMU=1 \
-	  PCMEKIT_CUEMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+	@echo "sanitize: CPU kernel tests (log: $(SANITIZE_DIR)/cpu-tests.log) beside the emulated CUDA tests"
+	@$(SANITIZE_PYTEST) $(SANITIZE_CPU_TESTS) > $(SANITIZE_DIR)/cpu-tests.log 2>&1 & cpu=$$!; \
+	$(SANITIZE_PYTEST) $(EMU_TESTS); emu=$$?; \
+	wait $$cpu; cpu_rc=$$?; echo "== sanitize, CPU kernel tests:"; cat $(SANITIZE_DIR)/cpu-tests.log; \
+	echo "sanitize: emulated CUDA tests rc=$$emu, CPU kernel tests rc=$$cpu_rc"; \
+	test $$emu -eq 0 && test $$cpu_rc -eq 0
 
 demo: build
 	$(VENV)/bin/pcmekit demo --out $(DEMO_OUT)
