@@ -17,6 +17,9 @@ WHEEL_DIR ?= dist
 SANITIZE_DIR ?= build/sanitize
 SANITIZE_CPU_TESTS ?= tests/test_bce.py tests/test_pairwise.py tests/test_match_prob.py tests/test_topk.py \
   tests/test_optim_fused.py
+# two of the emulated test files go with the CPU tests, which evens out the two processes (under
+# ASan here: the emulated tests alone 244 s against the CPU tests' 67 s; BCE moved, 213 / 159 s)
+SANITIZE_BESIDE_CPU := tests/test_cuda_emu_bce.py tests/test_cuda_emu_topk.py
 CXX ?= g++
 
 .PHONY: all env wheel build test audit typecheck sanitize demo bench openclip-example cuda-build cuda-emu cuda-emu-build cuda-resources clean
@@ -83,9 +86,11 @@ SANITIZE_PYTEST = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -
 sanitize: env
 	$(call emu_build,$(SANITIZE_DIR),$(SANITIZE_CMAKE_ARGS))
 	@echo "sanitize: CPU kernel tests (log: $(SANITIZE_DIR)/cpu-tests.log) beside the emulated CUDA tests"
-	@$(SANITIZE_PYTEST) $(SANITIZE_CPU_TESTS) > $(SANITIZE_DIR)/cpu-tests.log 2>&1 & cpu=$$!; \
-	$(SANITIZE_PYTEST) $(EMU_TESTS); emu=$$?; \
-	wait $$cpu; cpu_rc=$$?; echo "== sanitize, CPU kernel tests:"; cat $(SANITIZE_DIR)/cpu-tests.log; \
+	@$(SANITIZE_PYTEST) $(SANITIZE_CPU_TESTS) $(filter $(SANITIZE_BESIDE_CPU),$(EMU_TESTS)) \
+	  > $(SANITIZE_DIR)/cpu-tests.log 2>&1 & cpu=$$!; \
+	$(SANITIZE_PYTEST) $(filter-out $(SANITIZE_BESIDE_CPU),$(EMU_TESTS)); emu=$$?; \
+	wait $$cpu; cpu_rc=$$?; echo "== sanitize, CPU kernel tests and $(SANITIZE_BESIDE_CPU):"; \
+	cat $(SANITIZE_DIR)/cpu-tests.log; \
 	echo "sanitize: emulated CUDA tests rc=$$emu, CPU kernel tests rc=$$cpu_rc"; \
 	test $$emu -eq 0 && test $$cpu_rc -eq 0
 
