@@ -45,6 +45,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/denormals.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "cpu/strided.h"
@@ -899,6 +900,7 @@ void backward_typed(const MatchProbBackwardParams& p) {
     for (int64_t u = 0; u < workers; ++u) ws.emplace_back(pb);
     for (int64_t k = 0; k < steps; ++k) {
       parallel_for(0, workers, 1, static_cast<int>(workers), [&](int64_t lo, int64_t hi, int) {
+        const ScopedFlushDenormals ftz;  // cpu/denormals.h
         for (int64_t u = lo; u < hi; ++u) {
           const int64_t uq = groups_q == 1 ? 0 : u;
           const int64_t ug = groups_g == 1 ? 0 : (u + k) % groups_g;
