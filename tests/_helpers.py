@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -82,3 +83,21 @@ def leave_process_group() -> None:
 
     dist.barrier()
     dist.destroy_process_group()
+
+
+def tc_magnitude(metric, a_mu, a_lv, b_mu, b_lv):
+    """|alpha| * sum_d |f_a,d| |f_b,d|: the size of the inner product the tensor cores compute for
+    csd / w2 / l2 / kl (docs/design.md, "Precision convention"), float64 [N, M]."""
+    am, al, bm, bl = (t.double() for t in (a_mu, a_lv, b_mu, b_lv))
+    if metric == "kl":
+        va, vb = al.exp(), bl.exp()
+        return (va + am**2) @ (0.5 / vb).T + am.abs() @ (bm.abs() / vb).T
+    mag = am.abs() @ bm.abs().T
+    if metric == "w2":
+        mag = mag + (0.5 * al).exp() @ (0.5 * bl).exp().T
+    return 2.0 * mag
+
+
+def float_bound(ref, d):
+    """The float32 bound of the direct engine: 2e-6 sqrt(D) of max|ref|."""
+    return 2e-6 * math.sqrt(max(d, 1)) * (ref.abs().max().item() if ref.numel() else 0.0)

@@ -35,9 +35,11 @@ from _helpers import (
     METRIC_CODE,
     ROUNDING,
     emulated_cuda_view,
+    float_bound,
     gaussians,
     rel_err,
     require_cuda_emulation,
+    tc_magnitude,
 )
 
 require_cuda_emulation()
@@ -67,22 +69,6 @@ def reference(metric, a_mu, a_lv, b_mu, b_lv):
     return pairwise_distance_naive(a_mu.double(), a_lv.double(), b_mu.double(), b_lv.double(), metric)
 
 
-def magnitude(metric, a_mu, a_lv, b_mu, b_lv):
-    """|alpha| * sum_d |f_a,d| |f_b,d|: the size of the inner product the tensor cores compute."""
-    am, al, bm, bl = (t.double() for t in (a_mu, a_lv, b_mu, b_lv))
-    if metric == "kl":
-        va, vb = al.exp(), bl.exp()
-        return (va + am**2) @ (0.5 / vb).T + am.abs() @ (bm.abs() / vb).T
-    mag = am.abs() @ bm.abs().T
-    if metric == "w2":
-        mag = mag + (0.5 * al).exp() @ (0.5 * bl).exp().T
-    return 2.0 * mag
-
-
-def float_bound(ref, d):
-    return 2e-6 * math.sqrt(max(d, 1)) * (ref.abs().max().item() if ref.numel() else 0.0)
-
-
 def check_tf32(got, ref, mag, d):
     """TF32: elementwise |got - ref| <= 2 * 2^-11 * 1.05 * mag + the float32 bound."""
     if ref.numel() == 0:
@@ -105,7 +91,7 @@ def test_float32_high_is_tf32_and_within_its_bound(metric, shape):
     n, m, d = shape
     args = inputs(n, m, d, torch.float32)
     ref = reference(metric, *args)
-    mag = magnitude(metric, *args)
+    mag = tc_magnitude(metric, *args)
     for precision in (HIGH, MEDIUM):
         got = run(metric, *args, precision)
         assert not got.isnan().any()
@@ -143,7 +129,7 @@ def test_16bit_inputs(metric, dtype, shape):
             # the direct float32 engine.
             assert rel_err(got, ref) <= 2e-6 * math.sqrt(max(d, 1)), (precision, rel_err(got, ref))
         else:
-            check_tf32(got, ref, magnitude(metric, *args), d)
+            check_tf32(got, ref, tc_magnitude(metric, *args), d)
 
 
 @pytest.mark.parametrize("metric", INNER)
@@ -154,7 +140,7 @@ def test_near_duplicates_clamp_at_zero(metric):
     got = run(metric, *args, HIGH)
     assert (got >= 0).all()
     ref = reference(metric, *args)
-    check_tf32(got, ref, magnitude(metric, *args), 40)
+    check_tf32(got, ref, tc_magnitude(metric, *args), 40)
 
 
 @pytest.mark.parametrize("metric", INNER)
@@ -171,7 +157,7 @@ def test_strided_unaligned_inputs_and_output(metric):
     assert not a_mu_t.is_contiguous() and not b_mu_s.is_contiguous() and b_lv_o.data_ptr() % 16 != 0
     got = run(metric, a_mu_t, a_lv_t, b_mu_s, b_lv_o, HIGH, out=out)
     args = (a_mu, a_lv, b_mu, b_lv)
-    check_tf32(got, reference(metric, *args), magnitude(metric, *args), 48)
+    check_tf32(got, reference(metric, *args), tc_magnitude(metric, *args), 48)
     contiguous = run(metric, *args, HIGH)
     assert torch.equal(got, contiguous)  # the same arithmetic, whichever load path
 
@@ -180,7 +166,7 @@ def test_row_stride_not_a_multiple_of_16_bytes():
     """D = 5 contiguous: rows start 20 bytes apart, so no 16-byte loads."""
     args = inputs(70, 66, 5, torch.float32, seed=2)
     for metric in INNER:
-        check_tf32(run(metric, *args, HIGH), reference(metric, *args), magnitude(metric, *args), 5)
+        check_tf32(run(metric, *args, HIGH), reference(metric, *args), tc_magnitude(metric, *args), 5)
 
 
 def test_empty_inputs():

@@ -28,9 +28,11 @@ from _helpers import (
     MEDIUM,
     METRIC_CODE,
     emulated_cuda_view,
+    float_bound,
     gaussians,
     rel_err,
     require_cuda_emulation,
+    tc_magnitude,
 )
 
 require_cuda_emulation()
@@ -103,22 +105,6 @@ def reference(metric, args):
     return pairwise_distance_naive(*(t.double() for t in args), metric)
 
 
-def magnitude(metric, args):
-    """|alpha| sum_d |f_q,d f_g,d| (tests/test_cuda_emu_tc.py's size of the inner product)."""
-    am, al, bm, bl = (t.double() for t in args)
-    if metric == "kl":
-        va, vb = al.exp(), bl.exp()
-        return (va + am**2) @ (0.5 / vb).T + am.abs() @ (bm.abs() / vb).T
-    mag = am.abs() @ bm.abs().T
-    if metric == "w2":
-        mag = mag + (0.5 * al).exp() @ (0.5 * bl).exp().T
-    return 2.0 * mag
-
-
-def float_bound(ref, d):
-    return 2e-6 * math.sqrt(max(d, 1)) * (ref.abs().max().item() if ref.numel() else 0.0)
-
-
 def check_against_reference(values, indices, ref, bound):
     """Every index carries its reference score within its elementwise bound, the indices of a row
     are distinct, and the sorted values are the reference's k best within the row's largest
@@ -186,7 +172,7 @@ def test_float32_high_within_the_tf32_bound_and_highest_unchanged(metric, case):
     q, n, d, k = case
     args = inputs(q, n, d)
     ref = reference(metric, args)
-    tf32 = 2 * TF32_UNIT * 1.05 * magnitude(metric, args) + float_bound(ref, d)
+    tf32 = 2 * TF32_UNIT * 1.05 * tc_magnitude(metric, *args) + float_bound(ref, d)
     values, indices, _ = run(metric, args, k, HIGH)
     check_against_reference(values, indices, ref, tf32)
     cpu_v, cpu_i = run_cpu(metric, args, k)
@@ -233,7 +219,7 @@ def test_16bit_inputs(metric, dtype):
         if metric in ("csd", "l2"):
             bound = torch.full_like(ref, float_bound(ref, d))  # the features are the inputs: exact
         else:
-            bound = 2 * TF32_UNIT * 1.05 * magnitude(metric, args) + float_bound(ref, d)
+            bound = 2 * TF32_UNIT * 1.05 * tc_magnitude(metric, *args) + float_bound(ref, d)
         check_against_reference(values, indices, ref, bound)
 
 
