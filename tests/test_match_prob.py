@@ -11,7 +11,7 @@ import torch
 import pcmekit
 from pcmekit.reference_match import match_logprob_fast, match_logprob_naive
 
-from _helpers import gaussians
+from _helpers import gaussians, run_under_capabilities
 
 SIZES = [(1, 1, 1, 1), (3, 5, 4, 1), (5, 7, 17, 7), (17, 3, 8, 3), (9, 11, 33, 2), (2, 3, 5, 9)]
 SCALE, SHIFT = 1.7, 2.5
@@ -200,6 +200,70 @@ def test_fast_and_exact_paths_mixed_in_one_row(dtype):
     torch.testing.assert_close(log_q.double(), torch.log1p(-ref_p.exp()), rtol=1e-4, atol=torch.finfo(dtype).tiny)
 
 
+# One process per SIMD path (PCMEKIT_CPU_CAPABILITY is read once per process): the row passes are
+# compiled per instruction set, so each copy is checked against the float64 oracle, forward and
+# backward, in float64 and float32, with pairs on both the fast and the log-space path.
+_SIMD_SCRIPT = """
+import json, torch, pcmekit
+from pcmekit.reference_match import match_logprob_fast, match_logprob_naive
+g = torch.Generator().manual_seed(3)
+n, m, d, j = 23, 37, 19, 3
+x64 = [torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5,
+       torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5 - 1.0,
+       torch.randn(m, d, generator=g, dtype=torch.float64) * 0.5,
+       torch.randn(m, d, generator=g, dtype=torch.float64) * 0.5 - 1.0,
+       torch.randn(n, j, d, generator=g, dtype=torch.float64),
+       torch.randn(m, j, d, generator=g, dtype=torch.float64)]
+w = torch.randn(2, n, m, generator=g, dtype=torch.float64)
+def run(inputs, fn, scale, shift):
+    leaves = [t.clone().requires_grad_() for t in inputs[:4]]
+    lp, lq = fn(*leaves, *inputs[4:], scale, shift)
+    (lp.double() * w[0] + lq.double() * w[1]).sum().backward()
+    return lp.double().detach(), lq.double().detach(), [t.grad.double() for t in leaves]
+def ours(am, al, bm, bl, ea, eb, scale, shift):
+    return pcmekit.match_logprob(am, al, bm, bl, scale=scale, shift=shift, num_samples=j, eps_a=ea, eps_b=eb)
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+report = {"simd": pcmekit.build_info()["cpu_simd"]}
+for scale, shift, tag in ((1.7, 2.5, "mid"), (30.0, 0.0, "tail")):  # tail: both float32 paths
+    truth = run(x64, match_logprob_naive, scale, shift)
+    report[f"{tag}/log_p_range"] = [truth[0].min().item(), truth[0].max().item()]
+    for dtype in ("float64", "float32"):
+        xs = [t.to(getattr(torch, dtype)) for t in x64]
+        mine = run(xs, ours, scale, shift)
+        report[f"{tag}/{dtype}/log_p"] = rel(mine[0], truth[0])
+        report[f"{tag}/{dtype}/log_q"] = (mine[1] - truth[1]).abs().max().item()
+        report[f"{tag}/{dtype}/grad"] = max(rel(a, b) for a, b in zip(mine[2], truth[2]))
+        if dtype == "float32" and tag == "mid":  # torch's own float32 GEMM form, for scale
+            with torch.no_grad():
+                tp, tq = match_logprob_fast(*xs, scale, shift)
+            report["mid/torch32/log_p"] = rel(tp.double(), truth[0])
+print(json.dumps(report))
+"""
+
+
+def test_every_simd_path_matches_the_oracle():
+    paths = ["generic", "avx2", "avx512"]
+    results = run_under_capabilities(_SIMD_SCRIPT, paths)
+    seen = set()
+    for path, r in zip(paths, results):
+        if r["simd"] != path:  # capped to what this CPU has
+            continue
+        seen.add(path)
+        low, high = r["tail/log_p_range"]  # the float32 fast path ends near log p = -131
+        assert low < -150 and high > -100, r
+        # Bounds ~10x over what every path measured (float32: log p 1.2-4.7e-7 relative, log q
+        # 4e-8 absolute, gradients 1.8-4.3e-6 relative to their largest entry).
+        for tag in ("mid", "tail"):
+            assert r[f"{tag}/float64/log_p"] < 1e-12 and r[f"{tag}/float64/log_q"] < 1e-12, (path, r)
+            assert r[f"{tag}/float64/grad"] < 1e-11, (path, r)
+            assert r[f"{tag}/float32/log_p"] < 5e-6, (path, r)
+            assert r[f"{tag}/float32/log_q"] < 1e-6, (path, r)
+            assert r[f"{tag}/float32/grad"] < 5e-5, (path, r)
+        assert r["mid/float32/log_p"] <= 4 * r["mid/torch32/log_p"] + 1e-6, (path, r)
+    assert "generic" in seen, results
+
+
 @pytest.mark.parametrize(
     "separation,logvar,scale,shift", [(10.0, -8.0, 20.0, 0.0), (0.0, -20.0, 1.0, 200.0), (10.0, -8.0, 7.0, 0.0)]
 )
@@ -218,6 +282,31 @@ def test_gradients_at_extreme_probabilities(separation, logvar, scale, shift):
     for mine, theirs in zip([*leaves, sc, sh], [*ref, rsc, rsh]):
         assert torch.isfinite(mine.grad).all()
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_calls_without_grad_skip_the_custom_op_and_give_its_values(monkeypatch):
+    # An eager call that needs no gradient runs the kernel function itself (ops/match_prob.py);
+    # one that does goes through the custom op (autograd). Same kernel, so the same bits.
+    import importlib
+
+    mp = importlib.import_module("pcmekit.ops.match_prob")  # (the package exports a function of that name)
+    inputs = problem(5, 6, 7, 3, dtype=torch.float32, seed=4)
+    leaves = [t.clone().requires_grad_() for t in inputs[:4]]
+    with_grad = ours(*leaves, *inputs[4:])
+    calls = []
+    real = mp.match_prob_op
+    monkeypatch.setattr(mp, "match_prob_op", lambda *a: calls.append(1) or real(*a))
+    plain = ours(*inputs)
+    with torch.no_grad():
+        no_grad = ours(*leaves, *inputs[4:])
+    assert calls == []
+    ours(*leaves, *inputs[4:])
+    assert calls == [1]
+    scale = torch.tensor(SCALE, requires_grad=True)
+    pcmekit.match_logprob(*inputs[:4], scale=scale, shift=SHIFT, num_samples=3, eps_a=inputs[4], eps_b=inputs[5])
+    assert calls == [1, 1]  # a scale that needs its gradient takes the op too
+    for k in range(2):
+        assert torch.equal(plain[k], with_grad[k].detach()) and torch.equal(no_grad[k], plain[k])
 
 
 def test_match_prob_is_exp_of_log_p_and_differentiable():

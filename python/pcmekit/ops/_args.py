@@ -84,6 +84,16 @@ def compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def eager_without_grad(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
+    """True when a call on ``tensors`` can run its kernel function directly instead of its custom
+    op: not tracing, plain tensors (no subclass or mode to dispatch to) and none that needs a
+    gradient."""
+    if compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
+
+
 # ---------------------------------------------------------------------------------------------
 # Arrays.
 

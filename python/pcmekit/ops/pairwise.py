@@ -21,7 +21,7 @@ from ._args import (
     METRICS,
     autocast_float32,
     check_metric,
-    compiling,
+    eager_without_grad,
     embedding_needs,
     empty_grads,
     out_dtype,
@@ -201,7 +201,7 @@ def pairwise_distance(
     metric = check_metric(metric)
     a_mean, a_logvar, b_mean, b_logvar = autocast_float32(a_mean, a_logvar, b_mean, b_logvar)
     am, alv, bm, blv, to_numpy = prepare_pair(a_mean, a_logvar, b_mean, b_logvar, metric != "l2", metric)
-    if _eager_without_grad((am, alv, bm, blv)):
+    if eager_without_grad((am, alv, bm, blv)):
         # Nothing for autograd or a tracer to see: the kernel itself, without the dispatcher's
         # round trip (tens of microseconds, more than a small matrix costs).
         out = torch.empty((am.shape[0], bm.shape[0]), dtype=out_dtype(am.dtype), device=am.device)
@@ -210,9 +210,3 @@ def pairwise_distance(
         out = pairwise_op(am, alv, bm, blv, metric)
     return out.numpy() if to_numpy else out
 
-
-def _eager_without_grad(tensors: Sequence[Optional[torch.Tensor]]) -> bool:
-    if compiling():
-        return False
-    grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
