@@ -389,3 +389,22 @@ def test_pairwise_bce_loss_opcheck_and_compile():
 def test_pairwise_bce_loss_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call(gaussians(3, 5, seed=1), gaussians(4, 5, seed=2))
+
+
+def test_pairwise_bce_loss_upstream_gradient_scales_the_gradients():
+    # The backward skips its multiply when the upstream gradient is exactly 1 (ops/bce.py,
+    # _is_one): any other upstream gradient must still scale every gradient, bit for bit as
+    # multiplying the unit-gradient result.
+    leaves = [t.requires_grad_() for t in (*gaussians(7, 5, seed=3), *gaussians(6, 5, seed=4))]
+    s = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    unit = torch.autograd.grad(pcmekit.pairwise_bce_loss((leaves[0], leaves[1]), (leaves[2], leaves[3]), scale=s),
+                               [*leaves, s])
+    for factor in (3.0, -0.25, 0.0):
+        loss = pcmekit.pairwise_bce_loss((leaves[0], leaves[1]), (leaves[2], leaves[3]), scale=s)
+        scaled = torch.autograd.grad(loss * factor, [*leaves, s])
+        for mine, base in zip(scaled, unit):
+            assert torch.equal(mine, base * factor), factor
+    # The loss beside another use of the same leaves: only the loss's output carries a gradient.
+    loss = pcmekit.pairwise_bce_loss((leaves[0], leaves[1]), (leaves[2], leaves[3]), scale=s)
+    both = torch.autograd.grad(loss + leaves[0].sum(), leaves[0])[0]
+    torch.testing.assert_close(both, unit[0] + 1, rtol=0, atol=1e-15)
